@@ -1,0 +1,214 @@
+"""DropBlock's seed rate (gamma) and expected dropped fraction, written once for every framework.
+
+DropBlock (Ghiasi, Lin, Le, 2018, arXiv:1810.12890) draws i.i.d. Bernoulli(gamma) seeds and
+drops a block around each. The paper's Eq. 1, generalised to 1 to 3 spatial dimensions and
+rectangular blocks, sets ``gamma = drop_prob * prod(S) / prod(k) / prod(S - k + 1)``, clipped
+to [0, 1]. Because blocks overlap and, in ``"full"`` mode, are clipped at the border, that
+gamma drops a little less than ``drop_prob``; ``calibrate=True`` instead solves
+``mean_pos[1 - (1 - gamma)^c(pos)] = drop_prob`` for gamma, ``c(pos)`` being the coverage
+count of ``coverage.py``.
+
+The ``*_array`` functions take an array namespace ``xp`` (``numpy``, ``jax.numpy`` or
+``torch``) and use nothing but arithmetic, ``xp.where``, ``xp.clip``, ``xp.expm1`` and
+``xp.log1p``, so the same code runs on concrete numbers and on traced or compiled ones:
+``drop_prob`` stays traceable in both twins. The float functions are the public API.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+
+from dropblock_common import coverage, validation
+
+# Bisection halves [0, 1] this many times: below float64 resolution for any gamma that matters.
+BISECTION_STEPS = 60
+
+AsArray = Callable[[np.ndarray, Any], Any]
+
+
+def _numpy_asarray(values: np.ndarray, like: Any) -> np.ndarray:
+    return np.asarray(values, dtype=np.asarray(like).dtype)
+
+
+def uncalibrated_rate_factor(spatial_shape: Sequence[int], block_size: Sequence[int]) -> float:
+    """``prod(S) / prod(k) / prod(S - k + 1)``: the paper's gamma per unit of ``drop_prob``.
+
+    The same factor serves both seed regions, as in the paper and in timm.
+
+    Examples:
+      >>> round(uncalibrated_rate_factor((28, 28), (7, 7)), 6)
+      0.033058
+    """
+    return (
+        math.prod(spatial_shape)
+        / math.prod(block_size)
+        / math.prod(size - block + 1 for size, block in zip(spatial_shape, block_size, strict=True))
+    )
+
+
+def dropped_fraction_array(gamma: Any, counts: Any, weights: Any, xp: Any) -> Any:
+    """``sum(weights * (1 - (1 - gamma)^counts))``, accurate for small gamma.
+
+    Args:
+      gamma: seed rate, a scalar of namespace ``xp``.
+      counts, weights: the coverage histogram as arrays of namespace ``xp``.
+      xp: the array namespace.
+
+    Returns:
+      The expected dropped fraction, a scalar of namespace ``xp``.
+    """
+    return (weights * -xp.expm1(counts * xp.log1p(-gamma))).sum()
+
+
+def seed_rate_array(
+    drop_prob: Any,
+    spatial_shape: Sequence[int],
+    block_size: Sequence[int],
+    seed_region: str,
+    calibrate: bool,
+    xp: Any,
+    asarray: AsArray = _numpy_asarray,
+) -> Any:
+    """Seed rate gamma for a (possibly traced) scalar ``drop_prob`` of namespace ``xp``.
+
+    Args:
+      drop_prob: a scalar array; values outside [0, 1] are clipped.
+      spatial_shape: the feature map's spatial shape (static ints).
+      block_size: effective block sizes (static ints, each at most the map's size).
+      seed_region: ``"valid"`` or ``"full"``.
+      calibrate: solve for gamma so that the expected dropped fraction is ``drop_prob``.
+      xp: the array namespace of ``drop_prob``.
+      asarray: ``asarray(numpy_array, like)`` puts a numpy array in ``like``'s namespace,
+        dtype and device.
+
+    Returns:
+      gamma, a scalar array of ``drop_prob``'s dtype, in [0, 1]; exactly 1 where
+      ``drop_prob >= 1`` (so that everything is dropped) and 0 where ``drop_prob <= 0``.
+    """
+    drop_prob = xp.clip(drop_prob, 0.0, 1.0)
+    if calibrate:
+        counts, weights = coverage.coverage_histogram(spatial_shape, block_size, seed_region)
+        counts, weights = asarray(counts, drop_prob), asarray(weights, drop_prob)
+        low, high = drop_prob * 0, drop_prob * 0 + 1
+        # The dropped fraction rises monotonically from 0 to 1 with gamma: bisect, a fixed
+        # number of steps so that it traces to straight-line code.
+        for _ in range(BISECTION_STEPS):
+            middle = (low + high) / 2
+            short = dropped_fraction_array(middle, counts, weights, xp) < drop_prob
+            low, high = xp.where(short, middle, low), xp.where(short, high, middle)
+        gamma = low
+    else:
+        gamma = xp.clip(drop_prob * uncalibrated_rate_factor(spatial_shape, block_size), 0.0, 1.0)
+    return xp.where(drop_prob >= 1, 1.0, gamma)
+
+
+def expected_drop_fraction_array(
+    gamma: Any,
+    spatial_shape: Sequence[int],
+    block_size: Sequence[int],
+    seed_region: str,
+    xp: Any,
+    asarray: AsArray = _numpy_asarray,
+) -> Any:
+    """Expected dropped fraction for a (possibly traced) scalar gamma of namespace ``xp``.
+
+    Arguments are as in ``seed_rate_array``, ``block_size`` effective.
+    """
+    counts, weights = coverage.coverage_histogram(spatial_shape, block_size, seed_region)
+    return dropped_fraction_array(gamma, asarray(counts, gamma), asarray(weights, gamma), xp)
+
+
+def expected_rescale_array(expected_drop: Any, xp: Any) -> Any:
+    """``1 / (1 - expected_drop)``, and 0 when everything is expected to drop (never inf)."""
+    kept = 1 - expected_drop
+    return xp.where(kept > 0, 1 / xp.where(kept > 0, kept, 1), 0.0)
+
+
+def _effective(
+    spatial_shape: Sequence[int], block_size: int | Sequence[int]
+) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    shape = validation.spatial_shape_tuple(spatial_shape)
+    return shape, validation.effective_block_size(shape, validation.block_size_tuple(block_size, len(shape)))
+
+
+def seed_rate(
+    spatial_shape: Sequence[int],
+    drop_prob: float,
+    block_size: int | Sequence[int],
+    *,
+    seed_region: str = "valid",
+    calibrate: bool = False,
+) -> float:
+    """The Bernoulli rate gamma of DropBlock's seeds.
+
+    Args:
+      spatial_shape: the feature map's spatial shape, e.g. ``(H, W)``.
+      drop_prob: the target fraction of dropped units, in [0, 1].
+      block_size: an int or one int per spatial dimension; clipped to the map's size.
+      seed_region: ``"valid"`` (seeds where the whole block fits, the paper) or ``"full"``
+        (seeds everywhere, blocks clipped at the border, timm).
+      calibrate: if True, gamma makes the expected dropped fraction exactly ``drop_prob``;
+        otherwise it is the paper's Eq. 1, generalised.
+
+    Returns:
+      gamma in [0, 1].
+
+    Raises:
+      ValueError: for a bad ``spatial_shape``, ``block_size``, ``drop_prob`` or ``seed_region``.
+
+    Examples:
+      >>> round(seed_rate((28, 28), 0.1, 7), 6)
+      0.003306
+      >>> gamma = seed_rate((28, 28), 0.1, 7, calibrate=True)
+      >>> round(expected_drop_fraction((28, 28), 7, gamma), 12)
+      0.1
+    """
+    shape, block = _effective(spatial_shape, block_size)
+    drop_prob = validation.drop_prob_value(drop_prob)
+    validation.check_choice(seed_region, "seed_region", validation.SEED_REGIONS)
+    with np.errstate(divide="ignore"):  # log1p(-1) = -inf is intended when gamma reaches 1
+        return float(seed_rate_array(np.float64(drop_prob), shape, block, seed_region, bool(calibrate), np))
+
+
+def expected_drop_fraction(
+    spatial_shape: Sequence[int],
+    block_size: int | Sequence[int],
+    gamma: float,
+    *,
+    seed_region: str = "valid",
+) -> float:
+    """The expected fraction of units that DropBlock drops at seed rate ``gamma``.
+
+    ``mean over positions of 1 - (1 - gamma)^c(pos)``, ``c(pos)`` being the number of seed
+    positions whose block covers ``pos``. The same for every sharing option.
+
+    Args:
+      spatial_shape: the feature map's spatial shape.
+      block_size: an int or one int per spatial dimension; clipped to the map's size.
+      gamma: the seed rate, in [0, 1].
+      seed_region: ``"valid"`` or ``"full"``.
+
+    Returns:
+      The expected dropped fraction, in [0, 1].
+
+    Raises:
+      ValueError: for a bad argument, naming it.
+
+    Examples:
+      >>> round(expected_drop_fraction((28, 28), 7, seed_rate((28, 28), 0.1, 7)), 4)
+      0.0939
+    """
+    shape, block = _effective(spatial_shape, block_size)
+    validation.check_choice(seed_region, "seed_region", validation.SEED_REGIONS)
+    try:
+        gamma = float(gamma)
+    except (TypeError, ValueError):
+        raise TypeError(f"gamma must be a real number in [0, 1], got {gamma=!r}.") from None
+    if not 0.0 <= gamma <= 1.0:
+        raise ValueError(f"gamma must be in [0, 1], got {gamma=!r}.")
+    with np.errstate(divide="ignore"):
+        return float(expected_drop_fraction_array(np.float64(gamma), shape, block, seed_region, np))

@@ -1,0 +1,189 @@
+"""Eager validation of DropBlock's static arguments, shared by both twins.
+
+Every check raises in Python, before any tracing or compiling, with a message that names
+the argument and the value it was given, and says how to fix the call where that is not
+obvious.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from collections.abc import Sequence
+
+SEED_REGIONS = ("valid", "full")
+NORMALIZE_MODES = ("batch", "sample", "expected", "none")
+
+
+def spatial_dims(shape: Sequence[int], *, name: str = "x") -> int:
+    """Number of spatial dimensions of a ``(N, *spatial, C)`` or ``(N, C, *spatial)`` shape.
+
+    Args:
+      shape: the full shape, batch and channel axes included.
+      name: the argument's name, for the error message.
+
+    Returns:
+      ``len(shape) - 2``, which is 1, 2 or 3.
+
+    Raises:
+      ValueError: if the shape does not have 3 to 5 dimensions.
+
+    Examples:
+      >>> spatial_dims((8, 32, 32, 3))
+      2
+    """
+    ndim = len(shape)
+    if not 3 <= ndim <= 5:
+        raise ValueError(
+            f"{name} must have 3, 4 or 5 dimensions (batch, 1 to 3 spatial, channel), "
+            f"got {name}.ndim={ndim} with shape {tuple(shape)}."
+        )
+    return ndim - 2
+
+
+def channel_axis_index(channel_axis: int, ndim: int) -> int:
+    """The non-negative index of the channel axis, which must be the second or the last.
+
+    Args:
+      channel_axis: ``-1`` (channels last, the Flax layout) or ``1`` (channels first, the
+        torch layout); any integer that points at one of those two axes is accepted.
+      ndim: the number of dimensions of ``x``.
+
+    Returns:
+      ``1`` or ``ndim - 1``.
+
+    Raises:
+      ValueError: for any other axis, or a value that is not an integer.
+
+    Examples:
+      >>> channel_axis_index(-1, 4), channel_axis_index(1, 4)
+      (3, 1)
+    """
+    if isinstance(channel_axis, bool) or not isinstance(channel_axis, numbers.Integral):
+        raise ValueError(f"channel_axis must be an int (1 or -1), got {channel_axis=!r}.")
+    index = int(channel_axis) + ndim if channel_axis < 0 else int(channel_axis)
+    if index not in (1, ndim - 1):
+        raise ValueError(
+            f"channel_axis must be 1 (channels first) or -1 (channels last) for an input "
+            f"with {ndim} dimensions, got {channel_axis=}."
+        )
+    return index
+
+
+def spatial_axes(ndim: int, channel_axis: int) -> tuple[int, ...]:
+    """The axes of ``x`` that are spatial, given a validated channel axis index.
+
+    Examples:
+      >>> spatial_axes(4, 3), spatial_axes(4, 1)
+      ((1, 2), (2, 3))
+    """
+    return tuple(axis for axis in range(1, ndim) if axis != channel_axis)
+
+
+def block_size_tuple(block_size: int | Sequence[int], dims: int) -> tuple[int, ...]:
+    """``block_size`` as a tuple of ``dims`` positive ints.
+
+    Args:
+      block_size: an int (the same size in every spatial dimension) or a sequence of
+        ``dims`` ints, each at least 1.
+      dims: the number of spatial dimensions.
+
+    Returns:
+      A tuple of ``dims`` Python ints.
+
+    Raises:
+      ValueError: if a size is below 1, or the sequence has the wrong length.
+      TypeError: if a size is not an integer (a traced value included: it must be static).
+
+    Examples:
+      >>> block_size_tuple(7, 2), block_size_tuple((3, 5), 2)
+      ((7, 7), (3, 5))
+    """
+    sizes = tuple(block_size) if isinstance(block_size, Sequence) else (block_size,) * dims
+    if len(sizes) != dims:
+        raise ValueError(
+            f"block_size must be an int or a sequence of {dims} ints (one per spatial dimension), got {block_size=!r}."
+        )
+    for size in sizes:
+        if isinstance(size, bool) or not isinstance(size, numbers.Integral):
+            raise TypeError(
+                f"block_size must hold Python ints, got {block_size=!r}. It is static: "
+                "under jax.jit pass it with static_argnames=('block_size',)."
+            )
+        if size < 1:
+            raise ValueError(f"block_size must be at least 1 in every dimension, got {block_size=!r}.")
+    return tuple(int(size) for size in sizes)
+
+
+def spatial_shape_tuple(spatial_shape: Sequence[int]) -> tuple[int, ...]:
+    """``spatial_shape`` as a tuple of 1 to 3 positive ints.
+
+    Raises:
+      ValueError: for an empty or a zero-size dimension, or more than 3 dimensions.
+
+    Examples:
+      >>> spatial_shape_tuple([28, 28])
+      (28, 28)
+    """
+    shape = tuple(spatial_shape)
+    if not 1 <= len(shape) <= 3 or any(
+        isinstance(size, bool) or not isinstance(size, numbers.Integral) or size < 1 for size in shape
+    ):
+        raise ValueError(f"spatial_shape must be 1 to 3 positive ints, got spatial_shape={shape!r}.")
+    return tuple(int(size) for size in shape)
+
+
+def effective_block_size(spatial_shape: Sequence[int], block_size: Sequence[int]) -> tuple[int, ...]:
+    """Per dimension ``min(block_size, size)``: a block never exceeds the feature map.
+
+    Examples:
+      >>> effective_block_size((28, 5), (7, 7))
+      (7, 5)
+    """
+    return tuple(min(block, size) for block, size in zip(block_size, spatial_shape, strict=True))
+
+
+def drop_prob_value(drop_prob: object) -> float:
+    """A concrete ``drop_prob`` as a float in [0, 1].
+
+    Args:
+      drop_prob: a Python number, or anything ``float()`` accepts (a 0-d array).
+
+    Returns:
+      ``float(drop_prob)``.
+
+    Raises:
+      ValueError: for NaN or a value outside [0, 1].
+      TypeError: for something that is not a real number.
+
+    Examples:
+      >>> drop_prob_value(0.1)
+      0.1
+    """
+    if isinstance(drop_prob, bool):
+        raise TypeError(f"drop_prob must be a real number in [0, 1], got {drop_prob=!r}.")
+    try:
+        value = float(drop_prob)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        raise TypeError(f"drop_prob must be a real number in [0, 1], got {drop_prob=!r}.") from None
+    if math.isnan(value) or not 0.0 <= value <= 1.0:
+        raise ValueError(
+            f"drop_prob must be in [0, 1] (the fraction of units to drop, not the keep "
+            f"probability), got drop_prob={value!r}."
+        )
+    return value
+
+
+def check_choice(value: object, name: str, choices: Sequence[str]) -> str:
+    """``value`` if it is one of ``choices``.
+
+    Raises:
+      ValueError: naming the argument, its value and the valid choices.
+
+    Examples:
+      >>> check_choice("full", "seed_region", SEED_REGIONS)
+      'full'
+    """
+    if not isinstance(value, str) or value not in choices:
+        raise ValueError(f"{name} must be one of {', '.join(map(repr, choices))}, got {name}={value!r}.")
+    return value

@@ -1,0 +1,13 @@
+"""DropBlock for JAX and Flax: structured dropout as pure functions with explicit keys.
+
+``dropblock`` is the whole operation; ``sample_seeds`` and ``apply_seeds`` are its random and
+deterministic halves; ``seed_rate`` and ``expected_drop_fraction`` are the analytic values
+from ``dropblock_common``. Flax modules live in ``dropblock_jax.nnx`` and
+``dropblock_jax.linen``, optax-style schedules in ``dropblock_jax.schedules``.
+"""
+
+from dropblock_common.rates import expected_drop_fraction, seed_rate
+from dropblock_jax.functional import apply_seeds, dropblock, sample_seeds
+
+__all__ = ["apply_seeds", "dropblock", "expected_drop_fraction", "sample_seeds", "seed_rate"]
+__version__ = "0.1.0"

@@ -1,0 +1,148 @@
+"""dropblock_common: geometry, seed rate and expected dropped fraction against brute force."""
+
+import math
+
+import numpy as np
+import pytest
+from numpy_reference import coverage_counts as brute_force_counts
+
+from dropblock_common import coverage, expected_drop_fraction, rates, seed_rate, validation
+
+SHAPES_AND_BLOCKS = [
+    ((9,), (3,)),
+    ((10,), (4,)),
+    ((7, 7), (3, 3)),
+    ((8, 6), (4, 2)),
+    ((5, 9), (5, 1)),
+    ((6, 5, 4), (3, 2, 4)),
+    ((4, 4), (1, 1)),
+]
+
+
+@pytest.mark.parametrize("seed_region", ["valid", "full"])
+@pytest.mark.parametrize("spatial_shape, block", SHAPES_AND_BLOCKS)
+def test_coverage_counts_match_enumeration(spatial_shape, block, seed_region):
+    np.testing.assert_array_equal(
+        coverage.coverage_counts(spatial_shape, block, seed_region),
+        brute_force_counts(spatial_shape, block, seed_region),
+    )
+
+
+@pytest.mark.parametrize("seed_region", ["valid", "full"])
+@pytest.mark.parametrize("spatial_shape, block", SHAPES_AND_BLOCKS)
+def test_histogram_summarises_counts(spatial_shape, block, seed_region):
+    counts = brute_force_counts(spatial_shape, block, seed_region)
+    values, weights = coverage.coverage_histogram(spatial_shape, block, seed_region)
+    distinct, frequency = np.unique(counts, return_counts=True)
+    np.testing.assert_array_equal(values, distinct)
+    np.testing.assert_allclose(weights, frequency / counts.size, rtol=1e-12)
+
+
+def test_valid_seed_grid_covers_each_cell_at_most_prod_k_times():
+    counts = coverage.coverage_counts((28, 28), (7, 7), "valid")
+    assert counts.max() == 49 and counts.min() == 1
+    # Each of the 22 x 22 seeds covers 49 cells.
+    assert counts.sum() == 22 * 22 * 49
+
+
+@pytest.mark.parametrize(
+    "spatial_shape, block_size, drop_prob",
+    [((28, 28), 7, 0.1), ((14, 14), 5, 0.2), ((13,), 3, 0.3), ((8, 8, 8), (3, 3, 2), 0.15), ((5, 5), 9, 0.1)],
+)
+def test_seed_rate_is_the_papers_equation(spatial_shape, block_size, drop_prob):
+    dims = len(spatial_shape)
+    block = (block_size,) * dims if isinstance(block_size, int) else block_size
+    block = tuple(min(k, s) for k, s in zip(block, spatial_shape))
+    expected = drop_prob * math.prod(spatial_shape) / math.prod(block)
+    expected /= math.prod(s - k + 1 for s, k in zip(spatial_shape, block))
+    for seed_region in ("valid", "full"):
+        assert seed_rate(spatial_shape, drop_prob, block_size, seed_region=seed_region) == pytest.approx(
+            min(expected, 1.0), rel=1e-12
+        )
+
+
+def test_seed_rate_on_the_paper_setting():
+    # The paper's Eq. 1 on a 28x28 map with block 7 and keep_prob 0.9, worked by hand:
+    # 0.1 / 49 * 784 / 484.
+    assert seed_rate((28, 28), 0.1, 7) == pytest.approx(0.1 / 49 * 784 / 484, rel=1e-12)
+
+
+@pytest.mark.parametrize("seed_region", ["valid", "full"])
+@pytest.mark.parametrize("spatial_shape, block", SHAPES_AND_BLOCKS)
+@pytest.mark.parametrize("gamma", [0.0, 0.003, 0.05, 0.5, 1.0])
+def test_expected_drop_fraction_against_brute_force(spatial_shape, block, seed_region, gamma):
+    counts = brute_force_counts(spatial_shape, block, seed_region)
+    expected = np.mean(1.0 - (1.0 - gamma) ** counts)
+    assert expected_drop_fraction(spatial_shape, block, gamma, seed_region=seed_region) == pytest.approx(
+        expected, rel=1e-12, abs=1e-15
+    )
+
+
+@pytest.mark.parametrize("seed_region", ["valid", "full"])
+@pytest.mark.parametrize("spatial_shape, block", SHAPES_AND_BLOCKS)
+@pytest.mark.parametrize("drop_prob", [0.0, 0.01, 0.1, 0.5, 0.9, 1.0])
+def test_calibrated_rate_hits_drop_prob(spatial_shape, block, seed_region, drop_prob):
+    gamma = seed_rate(spatial_shape, drop_prob, block, seed_region=seed_region, calibrate=True)
+    achieved = expected_drop_fraction(spatial_shape, block, gamma, seed_region=seed_region)
+    assert achieved == pytest.approx(drop_prob, abs=1e-12)
+
+
+def test_uncalibrated_rate_drops_less_than_asked_and_calibration_fixes_it():
+    gamma = seed_rate((28, 28), 0.1, 7)
+    assert expected_drop_fraction((28, 28), 7, gamma) < 0.095
+    assert seed_rate((28, 28), 0.1, 7, calibrate=True) > gamma
+
+
+def test_drop_prob_one_means_every_seed():
+    assert seed_rate((28, 28), 1.0, 7) == 1.0
+    assert seed_rate((28, 28), 1.0, 7, seed_region="full", calibrate=True) == 1.0
+    assert seed_rate((28, 28), 0.0, 7, calibrate=True) == 0.0
+
+
+def test_block_padding_reproduces_block_slices():
+    # A stride-1 max over `block` cells after padding (low, high) drops [j - low + ..]:
+    # check the padded window of every seed against the reference slice.
+    from numpy_reference import block_slice
+
+    for seed_region in ("valid", "full"):
+        for size, block in [(9, 3), (10, 4), (6, 6), (5, 1)]:
+            low, _ = coverage.block_padding(block, seed_region)
+            for seed in range(coverage.seed_grid_size(size, block, seed_region)):
+                covered = [p for p in range(size) if p <= seed + low < p + block]
+                ref = block_slice(seed, block, size, seed_region)
+                assert covered == list(range(ref.start, ref.stop))
+
+
+@pytest.mark.parametrize(
+    "call, match",
+    [
+        (lambda: seed_rate((28, 28), -0.1, 7), r"drop_prob=-0\.1"),
+        (lambda: seed_rate((28, 28), 1.5, 7), r"drop_prob=1\.5"),
+        (lambda: seed_rate((28, 28), float("nan"), 7), r"drop_prob=nan"),
+        (lambda: seed_rate((28, 28), "a lot", 7), r"drop_prob='a lot'"),
+        (lambda: seed_rate((28, 28), 0.1, 0), r"block_size=0"),
+        (lambda: seed_rate((28, 28), 0.1, -3), r"block_size=-3"),
+        (lambda: seed_rate((28, 28), 0.1, 2.5), r"block_size=2\.5"),
+        (lambda: seed_rate((28, 28), 0.1, (3, 3, 3)), r"2 ints.*block_size=\(3, 3, 3\)"),
+        (lambda: seed_rate((28, 0), 0.1, 3), r"spatial_shape=\(28, 0\)"),
+        (lambda: seed_rate((28, 28), 0.1, 3, seed_region="same"), r"seed_region='same'"),
+        (lambda: expected_drop_fraction((28, 28), 3, 1.2), r"gamma=1\.2"),
+    ],
+)
+def test_bad_arguments_are_named(call, match):
+    with pytest.raises((ValueError, TypeError), match=match):
+        call()
+
+
+def test_channel_axis_must_be_second_or_last():
+    assert validation.channel_axis_index(-1, 5) == 4
+    with pytest.raises(ValueError, match=r"channel_axis=2"):
+        validation.channel_axis_index(2, 4)
+    with pytest.raises(ValueError, match=r"channel_axis=0"):
+        validation.channel_axis_index(0, 4)
+
+
+def test_seed_rate_array_is_the_float_api_in_numpy():
+    for calibrate in (False, True):
+        array = rates.seed_rate_array(np.float64(0.2), (10, 12), (3, 4), "full", calibrate, np)
+        assert float(array) == seed_rate((10, 12), 0.2, (3, 4), seed_region="full", calibrate=calibrate)

@@ -1,0 +1,294 @@
+"""dropblock_jax: properties, exact masks and normalisation, transformations and errors."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from numpy_reference import dropped_mask, normalized
+
+import dropblock_jax as dj
+
+jit_dropblock = jax.jit(
+    dj.dropblock,
+    static_argnames=(
+        "block_size",
+        "channel_axis",
+        "seed_region",
+        "calibrate",
+        "share_channels",
+        "share_batch",
+        "normalize",
+        "noise",
+    ),
+)
+jit_apply_seeds = jax.jit(dj.apply_seeds, static_argnames=("block_size", "channel_axis", "seed_region", "normalize"))
+
+# (shape in the Flax layout, block_size): 1D/2D/3D, odd, even, rectangular and oversize blocks.
+CASES = [
+    ((2, 17, 3), 5),
+    ((2, 12, 2), 4),
+    ((2, 14, 14, 3), 7),
+    ((2, 10, 9, 2), (4, 3)),
+    ((2, 6, 6, 2), 9),
+    ((1, 8, 7, 6, 2), (3, 2, 4)),
+    ((3, 5, 5, 1), 1),
+]
+
+
+def random_x(shape, dtype=jnp.float32, seed=0):
+    return jax.random.uniform(jax.random.key(seed), shape, jnp.float32, 0.5, 1.5).astype(dtype)
+
+
+def block_tuple(block_size, dims):
+    return (block_size,) * dims if isinstance(block_size, int) else block_size
+
+
+@pytest.mark.parametrize("shape, block_size", CASES)
+@pytest.mark.parametrize("seed_region", ["valid", "full"])
+def test_mask_is_the_dilation_of_the_seeds(shape, block_size, seed_region):
+    key = jax.random.key(3)
+    seeds = dj.sample_seeds(key, shape, 0.3, block_size, seed_region=seed_region)
+    out = jit_apply_seeds(random_x(shape), seeds, block_size, seed_region=seed_region, normalize="none")
+    spatial = shape[1:-1]
+    block = tuple(min(k, s) for k, s in zip(block_tuple(block_size, len(spatial)), spatial))
+    expected_dropped = dropped_mask(np.asarray(seeds), spatial, block, range(1, len(shape) - 1), seed_region)
+    np.testing.assert_array_equal(np.asarray(out) == 0, expected_dropped)
+
+
+@pytest.mark.parametrize("normalize", ["batch", "sample", "expected", "none"])
+@pytest.mark.parametrize("shape, block_size", CASES[:4])
+@pytest.mark.parametrize("share_channels", [False, True])
+def test_normalisation_is_exact(shape, block_size, normalize, share_channels):
+    x = random_x(shape)
+    seeds = dj.sample_seeds(jax.random.key(1), shape, 0.4, block_size, share_channels=share_channels)
+    out = jit_apply_seeds(x, seeds, block_size, normalize=normalize, expected_drop=0.25)
+    spatial = shape[1:-1]
+    block = tuple(min(k, s) for k, s in zip(block_tuple(block_size, len(spatial)), spatial))
+    keep = ~dropped_mask(np.asarray(seeds), spatial, block, range(1, len(shape) - 1), "valid")
+    np.testing.assert_allclose(out, normalized(np.asarray(x), keep, normalize, 0.25), rtol=2e-7)
+
+
+@pytest.mark.parametrize("shape, block_size", CASES)
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16, jnp.float16])
+def test_shape_and_dtype_are_kept(shape, block_size, dtype):
+    out = jit_dropblock(random_x(shape, dtype), jax.random.key(0), 0.2, block_size)
+    assert out.shape == shape and out.dtype == dtype
+    assert bool(jnp.all(jnp.isfinite(out)))
+
+
+def test_identity_at_zero_returns_x_itself():
+    x = random_x((2, 8, 8, 3))
+    assert dj.dropblock(x, jax.random.key(0), 0.0, 3) is x
+
+
+def test_traced_zero_changes_nothing():
+    x = random_x((2, 8, 8, 3))
+    np.testing.assert_array_equal(jit_dropblock(x, jax.random.key(0), jnp.float32(0.0), 3), x)
+
+
+@pytest.mark.parametrize("seed_region", ["valid", "full"])
+@pytest.mark.parametrize("calibrate", [False, True])
+@pytest.mark.parametrize("drop_prob", [1.0, jnp.float32(1.0)])
+def test_drop_prob_one_gives_zeros(seed_region, calibrate, drop_prob):
+    out = jit_dropblock(
+        random_x((2, 9, 9, 2)), jax.random.key(0), drop_prob, 3, seed_region=seed_region, calibrate=calibrate
+    )
+    np.testing.assert_array_equal(out, 0.0)
+
+
+@pytest.mark.parametrize("normalize", ["batch", "sample", "expected", "none"])
+def test_everything_dropped_gives_zeros_not_nan(normalize):
+    shape = (2, 6, 6, 2)
+    seeds = jnp.ones((2, 4, 4, 2), bool)
+    out = jit_apply_seeds(random_x(shape), seeds, 3, normalize=normalize, expected_drop=1.0)
+    np.testing.assert_array_equal(out, 0.0)
+
+
+def test_sample_normalisation_handles_one_fully_dropped_sample():
+    seeds = jnp.zeros((2, 4, 4, 1), bool).at[0].set(True)
+    out = jit_apply_seeds(jnp.ones((2, 6, 6, 1)), seeds, 3, normalize="sample")
+    np.testing.assert_array_equal(out[0], 0.0)
+    np.testing.assert_array_equal(out[1], 1.0)
+
+
+def test_float16_with_many_kept_units_does_not_overflow():
+    # 2 * 256 * 256 * 2 = 262144 units, far above float16's 65504: a count kept in float16
+    # overflows to inf and zeroes the output (torchvision's behaviour).
+    shape = (2, 256, 256, 2)
+    x = random_x(shape, jnp.float16)
+    seeds = dj.sample_seeds(jax.random.key(0), shape, 0.1, 7)
+    out16 = jit_apply_seeds(x, seeds, 7)
+    out32 = jit_apply_seeds(x.astype(jnp.float32), seeds, 7)
+    assert out16.dtype == jnp.float16 and bool(jnp.all(jnp.isfinite(out16)))
+    assert float(jnp.abs(out16).mean()) > 0.5
+    np.testing.assert_allclose(out16.astype(jnp.float32), out32.astype(jnp.float16).astype(jnp.float32), rtol=0)
+
+
+@pytest.mark.parametrize("shape, block_size", CASES[:6])
+def test_valid_mode_drops_whole_blocks_inside_the_map(shape, block_size):
+    # Every dropped region is a union of whole k-blocks lying inside the map: the
+    # morphological opening of the dropped set by the block is the dropped set itself.
+    out = np.asarray(jit_dropblock(random_x(shape), jax.random.key(5), 0.3, block_size))
+    dims = len(shape) - 2
+    spatial = shape[1:-1]
+    block = tuple(min(k, s) for k, s in zip(block_tuple(block_size, dims), spatial))
+    dropped = out == 0
+    grid = [s - k + 1 for s, k in zip(spatial, block)]
+    fits = np.ones((shape[0], *grid, shape[-1]), bool)
+    for offset in np.ndindex(*block):
+        window = tuple(slice(o, o + g) for o, g in zip(offset, grid))
+        fits &= dropped[(slice(None), *window, slice(None))]
+    opened = dropped_mask(fits, spatial, block, range(1, dims + 1), "valid")
+    np.testing.assert_array_equal(opened, dropped)
+    assert dropped.any()
+
+
+def test_channel_and_batch_sharing():
+    x = random_x((4, 16, 16, 8))
+    key = jax.random.key(2)
+    per_channel = np.asarray(jit_dropblock(x, key, 0.3, 3)) == 0
+    shared_c = np.asarray(jit_dropblock(x, key, 0.3, 3, share_channels=True)) == 0
+    shared_b = np.asarray(jit_dropblock(x, key, 0.3, 3, share_batch=True)) == 0
+    shared_bc = np.asarray(jit_dropblock(x, key, 0.3, 3, share_batch=True, share_channels=True)) == 0
+    assert not (per_channel == per_channel[..., :1]).all()
+    assert not (per_channel == per_channel[:1]).all()
+    assert (shared_c == shared_c[..., :1]).all() and not (shared_c == shared_c[:1]).all()
+    assert (shared_b == shared_b[:1]).all() and not (shared_b == shared_b[..., :1]).all()
+    assert (shared_bc == shared_bc[:1, ..., :1]).all()
+
+
+def test_channels_first_is_the_transpose_of_channels_last():
+    x = random_x((2, 12, 10, 3))
+    seeds = dj.sample_seeds(jax.random.key(0), x.shape, 0.3, (3, 2))
+    last = jit_apply_seeds(x, seeds, (3, 2))
+    first = jit_apply_seeds(jnp.moveaxis(x, -1, 1), jnp.moveaxis(seeds, -1, 1), (3, 2), channel_axis=1)
+    np.testing.assert_array_equal(jnp.moveaxis(first, 1, -1), last)
+    seeds_first = dj.sample_seeds(jax.random.key(0), (2, 3, 12, 10), 0.3, (3, 2), channel_axis=1)
+    assert seeds_first.shape == (2, 3, 10, 9)
+
+
+def test_noise_replaces_dropped_units_without_rescale():
+    x = random_x((2, 16, 16, 4))
+    out = np.asarray(jit_dropblock(x, jax.random.key(0), 0.3, 5, noise=True))
+    plain = np.asarray(jit_dropblock(x, jax.random.key(0), 0.3, 5, normalize="none"))
+    kept = out == np.asarray(x)
+    assert 0.5 < kept.mean() < 0.95
+    noise = out[~kept]
+    assert abs(noise.mean()) < 0.1 and 0.85 < noise.std() < 1.15
+    # noise=True splits the key, so only the statistics, not the mask, are comparable.
+    assert abs(kept.mean() - (plain != 0).mean()) < 0.1
+
+
+def test_changing_a_traced_drop_prob_does_not_retrace():
+    traces = []
+
+    @jax.jit
+    def step(x, key, drop_prob):
+        traces.append(1)
+        return dj.dropblock(x, key, drop_prob, 5, calibrate=True, normalize="expected")
+
+    x = random_x((2, 12, 12, 2))
+    outs = [step(x, jax.random.key(0), p) for p in (0.05, 0.1, 0.2, 0.3)]
+    assert len(traces) == 1
+    assert float((outs[0] == 0).mean()) < float((outs[3] == 0).mean())
+
+
+def test_traced_rate_matches_concrete_rate():
+    x = random_x((4, 14, 14, 4))
+    for calibrate in (False, True):
+        concrete = jit_dropblock(x, jax.random.key(7), 0.15, 5, calibrate=calibrate, normalize="expected")
+        traced = jax.jit(
+            lambda p, c=calibrate: dj.dropblock(x, jax.random.key(7), p, 5, calibrate=c, normalize="expected")
+        )(0.15)
+        np.testing.assert_allclose(traced, concrete, rtol=1e-5)
+
+
+def test_vmap_over_keys_equals_separate_calls():
+    x = random_x((2, 10, 10, 3))
+    keys = jax.random.split(jax.random.key(0), 4)
+    batched = jax.vmap(lambda k: dj.dropblock(x, k, 0.2, 3))(keys)
+    for i in range(4):
+        np.testing.assert_array_equal(batched[i], dj.dropblock(x, keys[i], 0.2, 3))
+
+
+def test_vmap_over_inputs_matches_per_sample_normalisation():
+    x = random_x((3, 10, 10, 2))
+    key = jax.random.key(0)
+    per_sample = jax.vmap(lambda xi: dj.dropblock(xi[None], key, 0.2, 3)[0])(x)
+    assert per_sample.shape == x.shape and bool(jnp.all(jnp.isfinite(per_sample)))
+
+
+@pytest.mark.parametrize("normalize", ["batch", "sample", "expected", "none"])
+def test_gradient_is_keep_times_scale(normalize):
+    x = random_x((2, 10, 10, 3))
+    weights = random_x((2, 10, 10, 3), seed=1)
+    key = jax.random.key(4)
+
+    def loss(x):
+        return jnp.sum(dj.dropblock(x, key, 0.3, 3, normalize=normalize) * weights)
+
+    grad = jax.jit(jax.grad(loss))(x)
+    out = dj.dropblock(x, key, 0.3, 3, normalize=normalize)
+    keep_times_scale = out / x  # x > 0, so this is the mask times its scale
+    np.testing.assert_allclose(grad, keep_times_scale * weights, rtol=2e-6)
+
+
+def test_gradient_with_respect_to_a_traced_rate_is_zero():
+    x = random_x((2, 10, 10, 3))
+    grad = jax.grad(lambda p: jnp.sum(dj.dropblock(x, jax.random.key(0), p, 3, normalize="expected")))(0.2)
+    assert float(grad) == 0.0
+
+
+def test_raw_prng_keys_are_accepted():
+    x = random_x((2, 8, 8, 2))
+    assert dj.dropblock(x, jax.random.PRNGKey(0), 0.2, 3).shape == x.shape
+
+
+def test_two_keys_give_different_masks_and_one_key_the_same():
+    x = random_x((2, 16, 16, 2))
+    a, b = (dj.dropblock(x, jax.random.key(i), 0.2, 3) for i in (0, 1))
+    assert not np.array_equal(a, b)
+    np.testing.assert_array_equal(a, dj.dropblock(x, jax.random.key(0), 0.2, 3))
+
+
+X = jnp.ones((2, 8, 8, 3))
+KEY = jax.random.key(0)
+
+
+@pytest.mark.parametrize(
+    "call, error, match",
+    [
+        (lambda: dj.dropblock(jnp.ones((2, 3)), KEY, 0.1, 3), ValueError, r"x\.ndim=2"),
+        (lambda: dj.dropblock(jnp.ones((1, 2, 2, 2, 2, 2)), KEY, 0.1, 3), ValueError, r"x\.ndim=6"),
+        (lambda: dj.dropblock(X, KEY, 0.1, 0), ValueError, r"block_size=0"),
+        (lambda: dj.dropblock(X, KEY, 0.1, -2), ValueError, r"block_size=-2"),
+        (lambda: dj.dropblock(X, KEY, 0.1, 2.0), TypeError, r"block_size=2\.0"),
+        (lambda: dj.dropblock(X, KEY, 0.1, (3, 3, 3)), ValueError, r"block_size=\(3, 3, 3\)"),
+        (lambda: dj.dropblock(X, KEY, -0.1, 3), ValueError, r"drop_prob=-0\.1"),
+        (lambda: dj.dropblock(X, KEY, 1.1, 3), ValueError, r"drop_prob=1\.1"),
+        (lambda: dj.dropblock(X, KEY, float("nan"), 3), ValueError, r"drop_prob=nan"),
+        (lambda: dj.dropblock(X, KEY, jnp.array([0.1, 0.2]), 3), ValueError, r"drop_prob must be a scalar"),
+        (lambda: dj.dropblock(jnp.ones((2, 8, 8, 3), jnp.int32), KEY, 0.1, 3), TypeError, r"x\.dtype=int32"),
+        (lambda: dj.dropblock(X, KEY, 0.1, 3, channel_axis=2), ValueError, r"channel_axis=2"),
+        (lambda: dj.dropblock(X, 0, 0.1, 3), TypeError, r"key=0"),
+        (lambda: dj.dropblock(X, jnp.zeros(2, jnp.float32), 0.1, 3), TypeError, r"key must be one JAX PRNG key"),
+        (lambda: dj.dropblock(X, jax.random.split(KEY, 3), 0.1, 3), TypeError, r"jax\.vmap"),
+        (lambda: dj.dropblock(X, KEY, 0.1, 3, seed_region="same"), ValueError, r"seed_region='same'"),
+        (lambda: dj.dropblock(X, KEY, 0.1, 3, normalize="mean"), ValueError, r"normalize='mean'"),
+        (lambda: dj.apply_seeds(X, jnp.ones((2, 8, 8, 3), bool), 3), ValueError, r"seeds\.shape=\(2, 8, 8, 3\)"),
+        (
+            lambda: dj.apply_seeds(X, jnp.ones((2, 6, 6, 3), bool), 3, normalize="expected"),
+            ValueError,
+            r"expected_drop",
+        ),
+        (lambda: dj.sample_seeds(KEY, (2, 8), 0.1, 3), ValueError, r"shape\.ndim=2"),
+    ],
+)
+def test_bad_arguments_raise_with_the_argument_named(call, error, match):
+    with pytest.raises(error, match=match):
+        call()
+
+
+def test_traced_block_size_says_to_make_it_static():
+    with pytest.raises(TypeError, match=r"static_argnames=\('block_size',\)"):
+        jax.jit(dj.dropblock)(X, KEY, 0.1, 3)

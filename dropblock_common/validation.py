@@ -187,3 +187,37 @@ def check_choice(value: object, name: str, choices: Sequence[str]) -> str:
     if not isinstance(value, str) or value not in choices:
         raise ValueError(f"{name} must be one of {', '.join(map(repr, choices))}, got {name}={value!r}.")
     return value
+
+
+def check_module_options(
+    block_size: int | Sequence[int], seed_region: str, normalize: str, channel_axis: int | None = None
+) -> None:
+    """Validate a layer's static options at construction, before any input is seen.
+
+    The rank of the input is not known yet: an int ``block_size`` fits any rank, a sequence
+    fixes the number of spatial dimensions to its length.
+
+    Raises:
+      ValueError, TypeError: naming the argument and its value.
+
+    Examples:
+      >>> check_module_options((3, 5), "valid", "batch", channel_axis=-1)
+    """
+    dims = len(block_size) if isinstance(block_size, Sequence) else 1
+    if not 1 <= dims <= 3:
+        raise ValueError(f"block_size must be an int or 1 to 3 ints, got {block_size=!r}.")
+    block_size_tuple(block_size, dims)
+    if channel_axis is not None and channel_axis not in (1, -1):
+        raise ValueError(f"channel_axis must be 1 (channels first) or -1 (channels last), got {channel_axis=!r}.")
+    check_choice(seed_region, "seed_region", SEED_REGIONS)
+    check_choice(normalize, "normalize", NORMALIZE_MODES)
+
+
+def rate_or_schedule(drop_prob: object) -> object:
+    """A schedule (any callable ``step -> drop_prob``) as it is, or a constant validated to [0, 1].
+
+    Examples:
+      >>> rate_or_schedule(0.1)
+      0.1
+    """
+    return drop_prob if callable(drop_prob) else drop_prob_value(drop_prob)

@@ -88,6 +88,16 @@ def _concrete_drop_prob(drop_prob: jax.typing.ArrayLike) -> float | None:
     return validation.drop_prob_value(drop_prob)
 
 
+def concrete_zero(drop_prob: object) -> bool:
+    """Whether ``drop_prob`` is a concrete zero: then DropBlock is the identity and needs no key."""
+    if isinstance(drop_prob, jax.core.Tracer) or np.ndim(drop_prob) != 0:
+        return False
+    try:
+        return float(drop_prob) == 0.0  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return False
+
+
 def _jnp_asarray(values: np.ndarray, like: jax.Array) -> jax.Array:
     return jnp.asarray(values, dtype=like.dtype)
 

@@ -24,6 +24,7 @@ def bernoulli_seeds(key: jax.Array, gamma: jax.Array, shape: Sequence[int]) -> j
       A boolean array of ``shape``.
 
     Examples:
+      >>> import jax.numpy as jnp
       >>> seeds = bernoulli_seeds(jax.random.key(0), jnp.float32(0.5), (2, 3))
       >>> seeds.shape, seeds.dtype
       ((2, 3), dtype('bool'))

@@ -1,0 +1,171 @@
+"""dropblock_jax.nnx.DropBlock behaves like nnx.Dropout, and keeps its schedule's step as state."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from flax import nnx
+
+import dropblock_jax as dj
+from dropblock_jax import schedules
+from dropblock_jax.nnx import DropBlock, ScheduleStep
+
+X = jax.random.uniform(jax.random.key(9), (4, 12, 12, 8), minval=0.5, maxval=1.5)
+
+
+def test_eval_is_the_identity_and_train_drops():
+    layer = DropBlock(0.2, 3, rngs=nnx.Rngs(dropout=0))
+    assert float((layer(X) == 0).mean()) > 0.05
+    layer.eval()
+    assert layer(X) is X
+    layer.train()
+    assert float((layer(X) == 0).mean()) > 0.05
+
+
+def test_deterministic_at_call_time_overrides_the_attribute():
+    layer = DropBlock(0.2, 3, deterministic=True, rngs=nnx.Rngs(dropout=0))
+    assert layer(X) is X
+    assert float((layer(X, deterministic=False) == 0).mean()) > 0.05
+
+
+def test_nnx_view_reaches_deterministic():
+    model = nnx.Sequential(nnx.Linear(8, 8, rngs=nnx.Rngs(0)), DropBlock(0.3, 3, rngs=nnx.Rngs(dropout=1)))
+    evaluation = nnx.view(model, deterministic=True)
+    np.testing.assert_array_equal(evaluation(X), model.layers[0](X))
+    assert model.layers[1].deterministic is False
+
+
+def test_the_rng_stream_advances_between_calls():
+    layer = DropBlock(0.2, 3, rngs=nnx.Rngs(dropout=0))
+    first, second = layer(X), layer(X)
+    assert not np.array_equal(first == 0, second == 0)
+
+
+def test_call_time_key_and_drop_prob_override_the_stored_ones():
+    layer = DropBlock(0.1, 3, calibrate=True)
+    key = jax.random.key(4)
+    np.testing.assert_array_equal(layer(X, rngs=key, drop_prob=0.3), dj.dropblock(X, key, 0.3, 3, calibrate=True))
+    stream = nnx.Rngs(dropout=3)
+    assert layer(X, rngs=stream).shape == X.shape
+
+
+def test_same_seed_same_masks():
+    a, b = (DropBlock(0.2, 3, rngs=nnx.Rngs(dropout=7)) for _ in range(2))
+    np.testing.assert_array_equal(a(X), b(X))
+
+
+def test_schedule_step_advances_in_training_only():
+    layer = DropBlock(schedules.ramp(0.3, 5), 3, rngs=nnx.Rngs(dropout=0))
+    assert isinstance(layer.step, ScheduleStep)
+    np.testing.assert_array_equal(layer(X), X)  # step 0 of the ramp: drop_prob 0
+    fractions = [float((layer(X) == 0).mean()) for _ in range(6)]
+    assert int(layer.step[...]) == 7
+    assert 0 < fractions[0] < fractions[-1]
+    layer.eval()
+    layer(X)
+    assert int(layer.step[...]) == 7
+
+
+def test_a_changing_step_never_retraces_a_jitted_train_step():
+    traces = []
+    layer = DropBlock(schedules.ramp(0.2, 4), 3, calibrate=True, rngs=nnx.Rngs(dropout=0))
+
+    @nnx.jit
+    def step(layer, x):
+        traces.append(1)
+        return layer(x)
+
+    outs = [step(layer, X) for _ in range(6)]
+    assert len(traces) == 1
+    assert int(layer.step[...]) == 6
+    np.testing.assert_array_equal(outs[0], X)
+    assert float((outs[5] == 0).mean()) == pytest.approx(0.2, abs=0.05)
+
+
+def test_optax_schedules_work_as_rates():
+    layer = DropBlock(optax.cosine_decay_schedule(0.3, 10), 3, rngs=nnx.Rngs(dropout=0))
+    assert float((layer(X) == 0).mean()) > 0.05
+
+
+def test_state_round_trip_resumes_the_schedule_and_the_stream():
+    make = lambda seed: DropBlock(schedules.ramp(0.3, 10), 3, rngs=nnx.Rngs(dropout=seed))  # noqa: E731
+    trained = make(0)
+    for _ in range(3):
+        trained(X)
+    restored = make(123)
+    nnx.update(restored, nnx.state(trained))
+    assert int(restored.step[...]) == 3
+    np.testing.assert_array_equal(restored(X), trained(X))
+
+
+def test_orbax_checkpoint_round_trip(tmp_path):
+    ocp = pytest.importorskip("orbax.checkpoint")
+    make = lambda seed: DropBlock(schedules.ramp(0.3, 10), 3, rngs=nnx.Rngs(dropout=seed))  # noqa: E731
+    trained = make(0)
+    for _ in range(4):
+        trained(X)
+    with ocp.StandardCheckpointer() as checkpointer:
+        checkpointer.save(tmp_path / "dropblock", nnx.state(trained))
+    restored = make(5)
+    with ocp.StandardCheckpointer() as checkpointer:
+        nnx.update(restored, checkpointer.restore(tmp_path / "dropblock", nnx.state(restored)))
+    assert int(restored.step[...]) == 4
+    np.testing.assert_array_equal(restored(X), trained(X))
+
+
+def test_a_small_model_trains_under_nnx_jit():
+    class Net(nnx.Module):
+        def __init__(self, rngs):
+            self.conv = nnx.Conv(1, 8, (3, 3), rngs=rngs)
+            self.drop = DropBlock(schedules.ramp(0.2, 20), 3, rngs=rngs)
+            self.head = nnx.Linear(8, 2, rngs=rngs)
+
+        def __call__(self, x):
+            return self.head(self.drop(nnx.relu(self.conv(x))).mean(axis=(1, 2)))
+
+    model = Net(nnx.Rngs(0, dropout=1))
+    optimizer = nnx.Optimizer(model, optax.adam(1e-2), wrt=nnx.Param)
+    images = jax.random.normal(jax.random.key(0), (32, 12, 12, 1))
+    labels = (images.mean(axis=(1, 2, 3)) > 0).astype(jnp.int32)
+
+    @nnx.jit
+    def train_step(model, optimizer, images, labels):
+        def loss_fn(model):
+            logits = model(images)
+            return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+
+        loss, grads = nnx.value_and_grad(loss_fn)(model)
+        optimizer.update(model, grads)
+        return loss
+
+    losses = [float(train_step(model, optimizer, images, labels)) for _ in range(30)]
+    assert int(model.drop.step[...]) == 30
+    assert np.isfinite(losses).all() and losses[-1] < losses[0]
+
+
+@pytest.mark.parametrize(
+    "build, error, match",
+    [
+        (lambda: DropBlock(0.1, 0), ValueError, r"block_size=0"),
+        (lambda: DropBlock(0.1, (3, 3, 3, 3)), ValueError, r"block_size=\(3, 3, 3, 3\)"),
+        (lambda: DropBlock(1.5, 3), ValueError, r"drop_prob=1\.5"),
+        (lambda: DropBlock(0.1, 3, seed_region="edge"), ValueError, r"seed_region='edge'"),
+        (lambda: DropBlock(0.1, 3, normalize="mean"), ValueError, r"normalize='mean'"),
+        (lambda: DropBlock(0.1, 3, channel_axis=2), ValueError, r"channel_axis=2"),
+        (lambda: DropBlock(0.1, 3, rngs=jax.random.key(0)), TypeError, r"rngs must be"),
+    ],
+)
+def test_bad_construction_fails_eagerly(build, error, match):
+    with pytest.raises(error, match=match):
+        build()
+
+
+def test_training_without_a_key_says_how_to_fix_the_call():
+    with pytest.raises(ValueError, match=r"rngs=nnx\.Rngs\(dropout=0\).*model\.eval\(\)"):
+        DropBlock(0.1, 3)(X)
+
+
+def test_missing_deterministic_says_how_to_fix_the_call():
+    with pytest.raises(ValueError, match=r"deterministic=True/False"):
+        DropBlock(0.1, 3, deterministic=None, rngs=nnx.Rngs(dropout=0))(X)

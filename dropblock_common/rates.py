@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -46,8 +46,38 @@ def uncalibrated_rate_factor(spatial_shape: Sequence[int], block_size: Sequence[
     return (
         math.prod(spatial_shape)
         / math.prod(block_size)
-        / math.prod(size - block + 1 for size, block in zip(spatial_shape, block_size, strict=True))
+        / math.prod([size - block + 1 for size, block in zip(spatial_shape, block_size, strict=True)])
     )
+
+
+class RateTable(NamedTuple):
+    """The static numbers the traced formulas need, for one spatial shape, block and seed region.
+
+    Attributes:
+      factor: ``uncalibrated_rate_factor``: gamma per unit of ``drop_prob`` (the paper's Eq. 1).
+      counts: the distinct coverage counts ``c(pos)`` (``coverage.coverage_histogram``).
+      weights: the fraction of positions with each count.
+    """
+
+    factor: float
+    counts: tuple[int, ...]
+    weights: tuple[float, ...]
+
+
+def rate_table(spatial_shape: Sequence[int], block_size: Sequence[int], seed_region: str) -> RateTable:
+    """The ``RateTable`` of a map, for effective block sizes.
+
+    Plain Python numbers, so that a tracer (``jax.jit``, ``torch.compile``) can treat it as a
+    constant worked out before tracing.
+
+    Examples:
+      >>> table = rate_table((4,), (2,), "valid")
+      >>> table.counts, table.weights
+      ((1, 2), (0.5, 0.5))
+    """
+    counts, weights = coverage.coverage_histogram(spatial_shape, block_size, seed_region)
+    factor = uncalibrated_rate_factor(spatial_shape, block_size)
+    return RateTable(float(factor), tuple(counts.tolist()), tuple(weights.tolist()))
 
 
 def dropped_fraction_array(gamma: Any, counts: Any, weights: Any, xp: Any) -> Any:
@@ -64,22 +94,18 @@ def dropped_fraction_array(gamma: Any, counts: Any, weights: Any, xp: Any) -> An
     return (weights * -xp.expm1(counts * xp.log1p(-gamma))).sum()
 
 
+def _histogram(table: RateTable, like: Any, asarray: AsArray) -> tuple[Any, Any]:
+    return asarray(np.asarray(table.counts), like), asarray(np.asarray(table.weights), like)
+
+
 def seed_rate_array(
-    drop_prob: Any,
-    spatial_shape: Sequence[int],
-    block_size: Sequence[int],
-    seed_region: str,
-    calibrate: bool,
-    xp: Any,
-    asarray: AsArray = _numpy_asarray,
+    drop_prob: Any, table: RateTable, calibrate: bool, xp: Any, asarray: AsArray = _numpy_asarray
 ) -> Any:
     """Seed rate gamma for a (possibly traced) scalar ``drop_prob`` of namespace ``xp``.
 
     Args:
       drop_prob: a scalar array; values outside [0, 1] are clipped.
-      spatial_shape: the feature map's spatial shape (static ints).
-      block_size: effective block sizes (static ints, each at most the map's size).
-      seed_region: ``"valid"`` or ``"full"``.
+      table: the map's ``rate_table``.
       calibrate: solve for gamma so that the expected dropped fraction is ``drop_prob``.
       xp: the array namespace of ``drop_prob``.
       asarray: ``asarray(numpy_array, like)`` puts a numpy array in ``like``'s namespace,
@@ -91,8 +117,7 @@ def seed_rate_array(
     """
     drop_prob = xp.clip(drop_prob, 0.0, 1.0)
     if calibrate:
-        counts, weights = coverage.coverage_histogram(spatial_shape, block_size, seed_region)
-        counts, weights = asarray(counts, drop_prob), asarray(weights, drop_prob)
+        counts, weights = _histogram(table, drop_prob, asarray)
         low, high = drop_prob * 0, drop_prob * 0 + 1
         # The dropped fraction rises monotonically from 0 to 1 with gamma: bisect, a fixed
         # number of steps so that it traces to straight-line code.
@@ -102,24 +127,13 @@ def seed_rate_array(
             low, high = xp.where(short, middle, low), xp.where(short, high, middle)
         gamma = low
     else:
-        gamma = xp.clip(drop_prob * uncalibrated_rate_factor(spatial_shape, block_size), 0.0, 1.0)
+        gamma = xp.clip(drop_prob * table.factor, 0.0, 1.0)
     return xp.where(drop_prob >= 1, 1.0, gamma)
 
 
-def expected_drop_fraction_array(
-    gamma: Any,
-    spatial_shape: Sequence[int],
-    block_size: Sequence[int],
-    seed_region: str,
-    xp: Any,
-    asarray: AsArray = _numpy_asarray,
-) -> Any:
-    """Expected dropped fraction for a (possibly traced) scalar gamma of namespace ``xp``.
-
-    Arguments are as in ``seed_rate_array``, ``block_size`` effective.
-    """
-    counts, weights = coverage.coverage_histogram(spatial_shape, block_size, seed_region)
-    return dropped_fraction_array(gamma, asarray(counts, gamma), asarray(weights, gamma), xp)
+def expected_drop_fraction_array(gamma: Any, table: RateTable, xp: Any, asarray: AsArray = _numpy_asarray) -> Any:
+    """Expected dropped fraction for a (possibly traced) scalar gamma of namespace ``xp``."""
+    return dropped_fraction_array(gamma, *_histogram(table, gamma, asarray), xp)
 
 
 def expected_rescale_array(expected_drop: Any, xp: Any) -> Any:
@@ -171,7 +185,7 @@ def seed_rate(
     drop_prob = validation.drop_prob_value(drop_prob)
     validation.check_choice(seed_region, "seed_region", validation.SEED_REGIONS)
     with np.errstate(divide="ignore"):  # log1p(-1) = -inf is intended when gamma reaches 1
-        return float(seed_rate_array(np.float64(drop_prob), shape, block, seed_region, bool(calibrate), np))
+        return float(seed_rate_array(np.float64(drop_prob), rate_table(shape, block, seed_region), bool(calibrate), np))
 
 
 def expected_drop_fraction(
@@ -211,4 +225,4 @@ def expected_drop_fraction(
     if not 0.0 <= gamma <= 1.0:
         raise ValueError(f"gamma must be in [0, 1], got {gamma=!r}.")
     with np.errstate(divide="ignore"):
-        return float(expected_drop_fraction_array(np.float64(gamma), shape, block, seed_region, np))
+        return float(expected_drop_fraction_array(np.float64(gamma), rate_table(shape, block, seed_region), np))

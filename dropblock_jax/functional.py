@@ -117,9 +117,9 @@ def _traced_rates(
     """gamma and the expected dropped fraction of a traced ``drop_prob``, in float32."""
     # The rate is a hyperparameter: no gradient flows into it.
     drop_prob = lax.stop_gradient(jnp.asarray(drop_prob, jnp.float32))
-    args = (layout.spatial_shape, layout.block, seed_region)
-    gamma = rates.seed_rate_array(drop_prob, *args, calibrate, jnp, _jnp_asarray)
-    return gamma, rates.expected_drop_fraction_array(gamma, *args, jnp, _jnp_asarray)
+    table = rates.rate_table(layout.spatial_shape, layout.block, seed_region)
+    gamma = rates.seed_rate_array(drop_prob, table, calibrate, jnp, _jnp_asarray)
+    return gamma, rates.expected_drop_fraction_array(gamma, table, jnp, _jnp_asarray)
 
 
 def _check_options(seed_region: str, normalize: str | None = None) -> None:

@@ -144,5 +144,5 @@ def test_channel_axis_must_be_second_or_last():
 
 def test_seed_rate_array_is_the_float_api_in_numpy():
     for calibrate in (False, True):
-        array = rates.seed_rate_array(np.float64(0.2), (10, 12), (3, 4), "full", calibrate, np)
+        array = rates.seed_rate_array(np.float64(0.2), rates.rate_table((10, 12), (3, 4), "full"), calibrate, np)
         assert float(array) == seed_rate((10, 12), 0.2, (3, 4), seed_region="full", calibrate=calibrate)

@@ -8,7 +8,11 @@ import pytest
 
 @pytest.mark.parametrize(
     "package, forbidden",
-    [("dropblock_common", ("jax", "torch", "flax")), ("dropblock_jax", ("torch",))],
+    [
+        ("dropblock_common", ("jax", "torch", "flax")),
+        ("dropblock_jax", ("torch",)),
+        ("dropblock_torch", ("jax", "flax")),
+    ],
 )
 def test_package_does_not_import_the_other_framework(package, forbidden):
     code = f"import sys, {package}; print(' '.join(m for m in {forbidden!r} if m in sys.modules))"

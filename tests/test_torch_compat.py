@@ -1,0 +1,123 @@
+"""dropblock_torch.compat against the real dropblock 0.3.0 package, bit for bit."""
+
+import pytest
+import torch
+
+from dropblock_torch import compat
+
+dropblock = pytest.importorskip("dropblock")
+
+SHAPES_2D = [(3, 4, 13, 11), (2, 1, 7, 7), (1, 3, 28, 28), (4, 2, 5, 9)]
+SHAPES_3D = [(2, 3, 7, 6, 5), (1, 2, 8, 8, 8)]
+BLOCKS = [1, 2, 3, 4, 5, 7, 8, 15]
+
+
+def both_outputs(old_layer, new_layer, x, seed):
+    torch.manual_seed(seed)
+    old = old_layer(x)
+    torch.manual_seed(seed)
+    new = new_layer(x)
+    return old, new
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("block_size", BLOCKS)
+@pytest.mark.parametrize(
+    "old_type, new_type, shapes",
+    [(dropblock.DropBlock2D, compat.DropBlock2D, SHAPES_2D), (dropblock.DropBlock3D, compat.DropBlock3D, SHAPES_3D)],
+)
+def test_bit_identical_to_the_package(old_type, new_type, shapes, block_size, dtype):
+    compared = 0
+    for index, shape in enumerate(shapes):
+        for drop_prob in (0.05, 0.2, 0.5):
+            x = torch.randn(shape, dtype=dtype, generator=torch.Generator().manual_seed(index))
+            old, new = both_outputs(old_type(drop_prob, block_size), new_type(drop_prob, block_size), x, seed=index)
+            if torch.isnan(old).any():  # 0.3.0 divides 0 by 0 when everything is dropped
+                assert (new == 0).all()
+                continue
+            assert new.dtype == old.dtype == dtype
+            torch.testing.assert_close(new, old, rtol=0, atol=0)
+            compared += 1
+    assert compared >= len(shapes)
+
+
+def test_the_schedulers_step_the_same_rates_and_outputs():
+    old = dropblock.LinearScheduler(dropblock.DropBlock2D(0.0, 3), 0.0, 0.25, 5)
+    new = compat.LinearScheduler(compat.DropBlock2D(0.0, 3), 0.0, 0.25, 5)
+    x = torch.randn(2, 3, 10, 10)
+    for step in range(7):
+        old.step()
+        new.step()
+        assert new.dropblock.drop_prob == old.dropblock.drop_prob
+        a, b = both_outputs(old, new, x, seed=step)
+        torch.testing.assert_close(b, a, rtol=0, atol=0)
+
+
+def test_eval_mode_and_zero_rate_are_the_identity():
+    x = torch.randn(2, 3, 8, 8)
+    assert compat.DropBlock2D(0.0, 3)(x) is x
+    assert compat.DropBlock2D(0.3, 3).eval()(x) is x
+
+
+def test_fixed_everything_dropped_gives_zeros_where_the_package_gives_nan():
+    x = torch.randn(2, 3, 6, 6)
+    old, new = both_outputs(dropblock.DropBlock2D(1.0 * 9, 3), compat.DropBlock2D(1.0 * 9, 3), x, seed=0)
+    assert torch.isnan(old).all()
+    assert (new == 0).all()
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_fixed_half_precision_stays_half(dtype):
+    x = torch.randn(2, 3, 64, 64).to(dtype)
+    old, new = both_outputs(dropblock.DropBlock2D(0.1, 5), compat.DropBlock2D(0.1, 5), x, seed=1)
+    assert old.dtype == torch.float32  # the package's upcast
+    assert new.dtype == dtype
+    torch.testing.assert_close(new, old.to(dtype), rtol=0, atol=0)
+
+
+def test_fixed_float_nr_steps():
+    with pytest.raises(TypeError):
+        dropblock.LinearScheduler(dropblock.DropBlock2D(0.0, 3), 0.0, 0.1, 5e3)
+    scheduler = compat.LinearScheduler(compat.DropBlock2D(0.0, 3), 0.0, 0.1, 5e3)
+    assert len(scheduler.drop_values) == 5000
+
+
+def test_fixed_the_scheduler_step_is_in_the_state_dict_and_resumes():
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 3, 1), compat.LinearScheduler(compat.DropBlock2D(0.0, 3), 0.0, 0.2, 5)
+    )
+    for _ in range(3):
+        model[1].step()
+    state = model.state_dict()
+    assert int(state["1.i"]) == 3
+    resumed = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 3, 1), compat.LinearScheduler(compat.DropBlock2D(0.0, 3), 0.0, 0.2, 5)
+    )
+    resumed.load_state_dict(state)
+    assert int(resumed[1].i) == 3 and resumed[1].dropblock.drop_prob == model[1].dropblock.drop_prob
+    # A checkpoint written with the old package has no step count and still loads strictly.
+    old = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 3, 1), dropblock.LinearScheduler(dropblock.DropBlock2D(0.0, 3), 0.0, 0.2, 5)
+    )
+    resumed.load_state_dict(old.state_dict())
+
+
+def test_hooks_are_called_from_forward_and_can_be_overridden():
+    calls = []
+
+    class Custom(compat.DropBlock2D):
+        def _compute_gamma(self, x):
+            calls.append("gamma")
+            return 1.0  # every position a seed
+
+        def _compute_block_mask(self, mask):
+            calls.append("block_mask")
+            return super()._compute_block_mask(mask)
+
+    out = Custom(0.1, 3)(torch.randn(2, 3, 8, 8))
+    assert calls == ["gamma", "block_mask"] and (out == 0).all()
+
+
+def test_wrong_rank_names_the_expected_dimensions():
+    with pytest.raises(ValueError, match=r"4 dimensions.*x\.dim\(\)=3"):
+        compat.DropBlock2D(0.1, 3)(torch.randn(2, 3, 8))

@@ -1,0 +1,208 @@
+"""dropblock_torch: the twin of test_jax_functional, in the torch layout (N, C, *spatial)."""
+
+import numpy as np
+import pytest
+import torch
+from numpy_reference import dropped_mask, normalized
+
+import dropblock_torch as dt
+
+# (shape in the torch layout, block_size): 1D/2D/3D, odd, even, rectangular and oversize blocks.
+CASES = [
+    ((2, 3, 17), 5),
+    ((2, 2, 12), 4),
+    ((2, 3, 14, 14), 7),
+    ((2, 2, 10, 9), (4, 3)),
+    ((2, 2, 6, 6), 9),
+    ((1, 2, 8, 7, 6), (3, 2, 4)),
+    ((3, 1, 5, 5), 1),
+]
+
+
+def random_x(shape, dtype=torch.float32, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    return (torch.rand(shape, generator=generator) + 0.5).to(dtype)
+
+
+def effective_block(shape, block_size):
+    spatial = shape[2:]
+    block = (block_size,) * len(spatial) if isinstance(block_size, int) else block_size
+    return spatial, tuple(min(k, s) for k, s in zip(block, spatial))
+
+
+def generator(seed):
+    return torch.Generator().manual_seed(seed)
+
+
+@pytest.mark.parametrize("shape, block_size", CASES)
+@pytest.mark.parametrize("seed_region", ["valid", "full"])
+def test_mask_is_the_dilation_of_the_seeds(shape, block_size, seed_region):
+    seeds = dt.sample_seeds(shape, 0.3, block_size, seed_region=seed_region, generator=generator(3))
+    out = dt.apply_seeds(random_x(shape), seeds, block_size, seed_region=seed_region, normalize="none")
+    spatial, block = effective_block(shape, block_size)
+    expected = dropped_mask(seeds.numpy(), spatial, block, range(2, len(shape)), seed_region)
+    np.testing.assert_array_equal(out.numpy() == 0, expected)
+
+
+@pytest.mark.parametrize("normalize", ["batch", "sample", "expected", "none"])
+@pytest.mark.parametrize("shape, block_size", CASES[:4])
+@pytest.mark.parametrize("share_channels", [False, True])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_normalisation_is_exact(shape, block_size, normalize, share_channels, dtype):
+    x = random_x(shape, dtype)
+    seeds = dt.sample_seeds(shape, 0.4, block_size, share_channels=share_channels, generator=generator(1))
+    out = dt.apply_seeds(x, seeds, block_size, normalize=normalize, expected_drop=0.25)
+    spatial, block = effective_block(shape, block_size)
+    keep = ~dropped_mask(seeds.numpy(), spatial, block, range(2, len(shape)), "valid")
+    rtol = 2e-7 if dtype == torch.float32 else 1e-15
+    np.testing.assert_allclose(out.numpy(), normalized(x.numpy(), keep, normalize, 0.25), rtol=rtol)
+
+
+@pytest.mark.parametrize("shape, block_size", CASES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16, torch.float16])
+def test_shape_and_dtype_are_kept(shape, block_size, dtype):
+    out = dt.drop_block(random_x(shape, dtype), 0.2, block_size, generator=generator(0))
+    assert out.shape == shape and out.dtype == dtype
+    assert torch.isfinite(out).all()
+
+
+def test_identity_when_not_training_or_at_zero():
+    x = random_x((2, 3, 8, 8))
+    assert dt.drop_block(x, 0.0, 3) is x
+    assert dt.drop_block(x, 0.5, 3, training=False) is x
+    torch.testing.assert_close(dt.drop_block(x, torch.tensor(0.0), 3), x, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("seed_region", ["valid", "full"])
+@pytest.mark.parametrize("calibrate", [False, True])
+@pytest.mark.parametrize("drop_prob", [1.0, torch.tensor(1.0)])
+def test_drop_prob_one_gives_zeros(seed_region, calibrate, drop_prob):
+    out = dt.drop_block(random_x((2, 2, 9, 9)), drop_prob, 3, seed_region=seed_region, calibrate=calibrate)
+    assert (out == 0).all()
+
+
+@pytest.mark.parametrize("normalize", ["batch", "sample", "expected", "none"])
+def test_everything_dropped_gives_zeros_not_nan(normalize):
+    seeds = torch.ones(2, 2, 4, 4, dtype=torch.bool)
+    out = dt.apply_seeds(random_x((2, 2, 6, 6)), seeds, 3, normalize=normalize, expected_drop=1.0)
+    assert (out == 0).all()
+
+
+def test_float16_with_many_kept_units_does_not_overflow():
+    shape = (2, 2, 256, 256)
+    x = random_x(shape, torch.float16)
+    seeds = dt.sample_seeds(shape, 0.1, 7, generator=generator(0))
+    out16 = dt.apply_seeds(x, seeds, 7)
+    out32 = dt.apply_seeds(x.float(), seeds, 7)
+    assert out16.dtype == torch.float16 and torch.isfinite(out16).all()
+    assert out16.float().abs().mean() > 0.5
+    torch.testing.assert_close(out16, out32.half(), rtol=0, atol=0)
+
+
+def test_channel_and_batch_sharing():
+    x = random_x((4, 8, 16, 16))
+    masks = {}
+    for share_channels in (False, True):
+        for share_batch in (False, True):
+            out = dt.drop_block(
+                x, 0.3, 3, share_channels=share_channels, share_batch=share_batch, generator=generator(2)
+            )
+            masks[share_channels, share_batch] = out == 0
+    per_channel = masks[False, False]
+    assert not (per_channel == per_channel[:, :1]).all() and not (per_channel == per_channel[:1]).all()
+    assert (masks[True, False] == masks[True, False][:, :1]).all()
+    assert not (masks[True, False] == masks[True, False][:1]).all()
+    assert (masks[False, True] == masks[False, True][:1]).all()
+    assert (masks[True, True] == masks[True, True][:1, :1]).all()
+
+
+@pytest.mark.parametrize(
+    "memory_format, shape", [(torch.channels_last, (2, 4, 9, 9)), (torch.channels_last_3d, (2, 4, 5, 5, 5))]
+)
+def test_channels_last_in_and_out(memory_format, shape):
+    x = random_x(shape).contiguous(memory_format=memory_format)
+    out = dt.drop_block(x, 0.3, 3, generator=generator(0))
+    assert out.is_contiguous(memory_format=memory_format)
+    torch.testing.assert_close(out, dt.drop_block(x.contiguous(), 0.3, 3, generator=generator(0)), rtol=0, atol=0)
+
+
+def test_inplace_writes_into_x_and_matches():
+    for dtype in (torch.float32, torch.float16):
+        x = random_x((2, 3, 10, 10), dtype)
+        expected = dt.drop_block(x, 0.3, 3, generator=generator(5))
+        out = dt.drop_block(x, 0.3, 3, inplace=True, generator=generator(5))
+        assert out.data_ptr() == x.data_ptr()
+        torch.testing.assert_close(x, expected, rtol=0, atol=0)
+
+
+def test_noise_replaces_dropped_units_without_rescale():
+    x = random_x((2, 4, 16, 16))
+    out = dt.drop_block(x, 0.3, 5, noise=True, generator=generator(0))
+    kept = out == x
+    assert 0.5 < kept.float().mean() < 0.95
+    noise = out[~kept]
+    assert abs(noise.mean()) < 0.1 and 0.85 < noise.std() < 1.15
+
+
+@pytest.mark.parametrize("normalize", ["batch", "sample", "expected", "none"])
+def test_gradient_is_keep_times_scale(normalize):
+    x = random_x((2, 3, 10, 10)).requires_grad_()
+    weights = random_x((2, 3, 10, 10), seed=1)
+    out = dt.drop_block(x, 0.3, 3, normalize=normalize, generator=generator(4))
+    (out * weights).sum().backward()
+    torch.testing.assert_close(x.grad, (out / x).detach() * weights, rtol=2e-6, atol=0)
+
+
+def test_a_tensor_rate_gets_no_gradient_and_is_not_read_back():
+    rate = torch.tensor(0.2, requires_grad=True)
+    x = random_x((2, 3, 10, 10)).requires_grad_()
+    dt.drop_block(x, rate, 3, normalize="expected", calibrate=True).sum().backward()
+    assert rate.grad is None
+
+
+def test_tensor_and_float_rates_agree():
+    x = random_x((4, 4, 14, 14))
+    for calibrate in (False, True):
+        a = dt.drop_block(x, 0.15, 5, calibrate=calibrate, normalize="expected", generator=generator(7))
+        b = dt.drop_block(x, torch.tensor(0.15), 5, calibrate=calibrate, normalize="expected", generator=generator(7))
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=0)
+
+
+def test_generators_make_masks_repeatable():
+    x = random_x((2, 2, 16, 16))
+    a, b = (dt.drop_block(x, 0.2, 3, generator=generator(i)) for i in (0, 1))
+    assert not torch.equal(a, b)
+    torch.testing.assert_close(a, dt.drop_block(x, 0.2, 3, generator=generator(0)), rtol=0, atol=0)
+
+
+X = torch.ones(2, 3, 8, 8)
+
+
+@pytest.mark.parametrize(
+    "call, error, match",
+    [
+        (lambda: dt.drop_block(torch.ones(2, 3), 0.1, 3), ValueError, r"x\.ndim=2"),
+        (lambda: dt.drop_block(X, 0.1, 0), ValueError, r"block_size=0"),
+        (lambda: dt.drop_block(X, 0.1, -2), ValueError, r"block_size=-2"),
+        (lambda: dt.drop_block(X, 0.1, 2.0), TypeError, r"block_size=2\.0"),
+        (lambda: dt.drop_block(X, 0.1, (3, 3, 3)), ValueError, r"block_size=\(3, 3, 3\)"),
+        (lambda: dt.drop_block(X, -0.1, 3), ValueError, r"drop_prob=-0\.1"),
+        (lambda: dt.drop_block(X, 1.1, 3), ValueError, r"drop_prob=1\.1"),
+        (lambda: dt.drop_block(X, float("nan"), 3), ValueError, r"drop_prob=nan"),
+        (lambda: dt.drop_block(X, torch.tensor([0.1, 0.2]), 3), ValueError, r"0-dim tensor"),
+        (lambda: dt.drop_block(X.long(), 0.1, 3), TypeError, r"x\.dtype=torch\.int64"),
+        (lambda: dt.drop_block(X.numpy(), 0.1, 3), TypeError, r"torch\.Tensor"),
+        (lambda: dt.drop_block(X, 0.1, 3, seed_region="same"), ValueError, r"seed_region='same'"),
+        (lambda: dt.drop_block(X, 0.1, 3, normalize="mean"), ValueError, r"normalize='mean'"),
+        (
+            lambda: dt.apply_seeds(X, torch.ones(2, 3, 8, 8, dtype=torch.bool), 3),
+            ValueError,
+            r"seeds\.shape=\(2, 3, 8, 8\)",
+        ),
+        (lambda: dt.apply_seeds(X, torch.ones(2, 3, 6, 6), 3, normalize="expected"), ValueError, r"expected_drop"),
+        (lambda: dt.sample_seeds((2, 8), 0.1, 3), ValueError, r"shape\.ndim=2"),
+    ],
+)
+def test_bad_arguments_raise_with_the_argument_named(call, error, match):
+    with pytest.raises(error, match=match):
+        call()

@@ -172,8 +172,8 @@ def _apply(
 ) -> jax.Array:
     keep = ~_dropped_mask(seeds, layout, seed_region)
     if noise_key is not None:
-        noise = jax.random.normal(noise_key, x.shape, jnp.promote_types(x.dtype, jnp.float32))
-        return jnp.where(keep, x, noise.astype(x.dtype))
+        noise = jax.random.normal(noise_key, (x.size,), jnp.promote_types(x.dtype, jnp.float32)).reshape(x.shape)
+        return jnp.where(keep, x, noise.astype(x.dtype))  # flat draw: see sampling.bernoulli_seeds
     return _normalized(x, keep, normalize, expected_drop)
 
 

@@ -221,3 +221,39 @@ def rate_or_schedule(drop_prob: object) -> object:
       0.1
     """
     return drop_prob if callable(drop_prob) else drop_prob_value(drop_prob)
+
+
+def check_seed_shape(
+    seed_shape: Sequence[int],
+    grid_shape: Sequence[int],
+    channel_axis: int,
+    *,
+    x_shape: Sequence[int],
+    block_size: object,
+    seed_region: str,
+) -> None:
+    """Check that a seed grid fits ``x``: the grid's shape, with 1 allowed on the batch and channel axes.
+
+    Args:
+      seed_shape: the shape of the seeds given.
+      grid_shape: the full seed grid for ``x`` (nothing shared).
+      channel_axis: the index of the channel axis (the batch axis is 0).
+      x_shape, block_size, seed_region: for the message.
+
+    Raises:
+      ValueError: naming the expected and the given shape.
+
+    Examples:
+      >>> check_seed_shape((2, 1, 6, 6), (2, 3, 6, 6), 1, x_shape=(2, 3, 8, 8), block_size=3, seed_region="valid")
+    """
+    seed_shape, grid_shape = tuple(seed_shape), tuple(grid_shape)
+    fits = len(seed_shape) == len(grid_shape) and all(
+        size == expected or (size == 1 and axis in (0, channel_axis))
+        for axis, (size, expected) in enumerate(zip(seed_shape, grid_shape, strict=True))
+    )
+    if not fits:
+        raise ValueError(
+            f"seeds must have shape {grid_shape} for x of shape {tuple(x_shape)}, block_size={block_size!r} "
+            f"and seed_region={seed_region!r} (1 allowed on the batch and channel axes), "
+            f"got seeds.shape={seed_shape}."
+        )

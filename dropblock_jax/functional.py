@@ -279,16 +279,9 @@ def apply_seeds(
     _check_options(seed_region, normalize)
     seeds = jnp.asarray(seeds)
     full_grid = layout.seed_shape(seed_region, share_channels=False, share_batch=False)
-    grid_ok = seeds.ndim == x.ndim and all(
-        size == expected or (size == 1 and axis in (0, layout.channel_axis))
-        for axis, (size, expected) in enumerate(zip(seeds.shape, full_grid, strict=True))
+    validation.check_seed_shape(
+        seeds.shape, full_grid, layout.channel_axis, x_shape=x.shape, block_size=block_size, seed_region=seed_region
     )
-    if not grid_ok:
-        raise ValueError(
-            f"seeds must have shape {full_grid} for x of shape {x.shape}, block_size={block_size!r} "
-            f"and seed_region={seed_region!r} (1 allowed on the batch and channel axes), "
-            f"got seeds.shape={seeds.shape}."
-        )
     if normalize == "expected" and expected_drop is None and noise_key is None:
         raise ValueError("normalize='expected' needs expected_drop=..., e.g. from expected_drop_fraction.")
     if noise_key is not None:

@@ -289,16 +289,9 @@ def apply_seeds(
     _check_options(seed_region, normalize)
     seeds = torch.as_tensor(seeds, device=x.device)
     full_grid = layout.seed_shape(seed_region, share_channels=False, share_batch=False)
-    grid_ok = seeds.dim() == x.dim() and all(
-        size == expected or (size == 1 and dim in (0, 1))
-        for dim, (size, expected) in enumerate(zip(seeds.shape, full_grid, strict=True))
+    validation.check_seed_shape(
+        seeds.shape, full_grid, 1, x_shape=x.shape, block_size=block_size, seed_region=seed_region
     )
-    if not grid_ok:
-        raise ValueError(
-            f"seeds must have shape {full_grid} for x of shape {tuple(x.shape)}, block_size={block_size!r} "
-            f"and seed_region={seed_region!r} (1 allowed on the batch and channel dims), "
-            f"got seeds.shape={tuple(seeds.shape)}."
-        )
     if normalize == "expected" and expected_drop is None and not noise:
         raise ValueError("normalize='expected' needs expected_drop=..., e.g. from expected_drop_fraction.")
     return _apply(x, seeds.bool(), layout, seed_region, normalize, noise, generator, expected_drop, inplace)

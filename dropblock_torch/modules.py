@@ -71,6 +71,11 @@ class _DropBlockNd(nn.Module):
         return torch.as_tensor(self.schedule(self.step), dtype=torch.float32, device=self.step.device)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() != self.spatial_dims + 2:
+            raise ValueError(
+                f"{type(self).__name__} expects (N, C) and {self.spatial_dims} spatial dims, "
+                f"got x.dim()={x.dim()} with shape {tuple(x.shape)}."
+            )
         if not self.training:
             return x
         rate = self._current_rate()

@@ -103,6 +103,11 @@ def test_bad_construction_fails_eagerly():
         dt.LinearScheduler(dt.DropBlock2d(0.0, 3), 0.0, 0.1, 0)
 
 
+def test_the_wrong_rank_names_the_layer_and_the_shape():
+    with pytest.raises(ValueError, match=r"DropBlock2d expects.*x\.dim\(\)=3"):
+        dt.DropBlock2d(0.1, 3)(torch.ones(2, 3, 8))
+
+
 def test_compiled_scheduled_model_has_no_graph_breaks_or_recompiles(monkeypatch):
     import torch._dynamo
 

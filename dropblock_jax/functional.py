@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 from collections.abc import Sequence
 
 import jax
@@ -130,7 +131,8 @@ def _check_options(seed_region: str, normalize: str | None = None) -> None:
 
 def _dropped_mask(seeds: jax.Array, layout: _Layout, seed_region: str) -> jax.Array:
     """Dilate the seed grid by the block: True wherever some seed's block lies."""
-    dropped = seeds
+    # float32, not bool: XLA's CPU reduce_window vectorises a float max, about 3x faster.
+    dropped = seeds.astype(jnp.float32)
     ndim = len(layout.shape)
     # A box is separable: one running max per spatial axis is exact and costs k, not k^d.
     for axis, block in zip(layout.spatial_axes, layout.block, strict=True):
@@ -139,8 +141,8 @@ def _dropped_mask(seeds: jax.Array, layout: _Layout, seed_region: str) -> jax.Ar
             continue
         window = tuple(block if i == axis else 1 for i in range(ndim))
         padding = tuple((low, high) if i == axis else (0, 0) for i in range(ndim))
-        dropped = lax.reduce_window(dropped, False, lax.max, window, (1,) * ndim, padding)
-    return dropped
+        dropped = lax.reduce_window(dropped, 0.0, lax.max, window, (1,) * ndim, padding)
+    return dropped > 0
 
 
 def _normalized(x: jax.Array, keep: jax.Array, normalize: str, expected_drop: jax.typing.ArrayLike | None) -> jax.Array:
@@ -226,7 +228,8 @@ def sample_seeds(
         gamma, _ = _traced_rates(drop_prob, layout, seed_region, calibrate)
     else:
         gamma, _ = _concrete_rates(concrete, layout, seed_region, calibrate)
-    return sampling.bernoulli_seeds(key, gamma, seed_shape)
+    budget = sampling.seed_budget(math.prod(seed_shape), None if concrete is None else float(gamma))
+    return sampling.bernoulli_seeds(key, gamma, seed_shape, budget)
 
 
 def apply_seeds(
@@ -352,9 +355,9 @@ def dropblock(
     if concrete == 0.0 or x.size == 0:
         return x
     rate = None if concrete is None else _concrete_rates(concrete, layout, seed_region, calibrate)
-    return _dropblock(
-        x, key, drop_prob, rate, layout, seed_region, calibrate, share_channels, share_batch, normalize, noise
-    )
+    seed_shape = layout.seed_shape(seed_region, share_channels, share_batch)
+    budget = sampling.seed_budget(math.prod(seed_shape), None if rate is None else float(rate[0]))
+    return _dropblock(x, key, drop_prob, rate, layout, seed_region, calibrate, seed_shape, budget, normalize, noise)
 
 
 @functools.partial(jax.jit, static_argnums=range(4, 11))
@@ -366,13 +369,13 @@ def _dropblock(
     layout: _Layout,
     seed_region: str,
     calibrate: bool,
-    share_channels: bool,
-    share_batch: bool,
+    seed_shape: tuple[int, ...],
+    budget: int | None,
     normalize: str,
     noise: bool,
 ) -> jax.Array:
     """``dropblock`` after validation; ``rate`` is (gamma, expected drop) when ``drop_prob`` is concrete."""
     seed_key, noise_key = jax.random.split(key) if noise else (key, None)
     gamma, expected = _traced_rates(drop_prob, layout, seed_region, calibrate) if rate is None else rate
-    seeds = sampling.bernoulli_seeds(seed_key, gamma, layout.seed_shape(seed_region, share_channels, share_batch))
+    seeds = sampling.bernoulli_seeds(seed_key, gamma, seed_shape, budget)
     return _apply(x, seeds, layout, seed_region, normalize, noise_key, expected)

@@ -1,8 +1,14 @@
 """How ``dropblock`` draws its seeds: i.i.d. Bernoulli(gamma) on the seed grid.
 
-This is the one place that chooses the sampling method, so that a faster exact method can
-replace it without touching the rest: DESIGN.md lets ``dropblock`` draw the seeds any way
-whose distribution is i.i.d. Bernoulli(gamma).
+This is the one place that chooses the sampling method; DESIGN.md lets ``dropblock`` draw the
+seeds any way whose distribution is i.i.d. Bernoulli(gamma). Seeds are rare (gamma is about
+0.003 at the paper's settings), so instead of one random number per position (``dense``) the
+default draws only the successes (``sparse``): the gaps between successive successes of a
+Bernoulli sequence are i.i.d. geometric, so ``budget`` uniforms, turned into gaps by inversion
+and summed, place the seeds exactly. If the budget runs short before the end of the grid,
+another round continues the sequence (it is memoryless, so the result stays exact); if gamma is
+too large for the budget, the whole grid is drawn densely. Both choices are made at run time,
+so a traced ``drop_prob`` never retraces.
 """
 
 from __future__ import annotations
@@ -11,25 +17,98 @@ import math
 from collections.abc import Sequence
 
 import jax
+import jax.numpy as jnp
+from jax import lax
+
+# Above this rate a uniform per position costs about what the sparse method does.
+DENSE_ABOVE = 1 / 16
+# The rate a traced gamma is budgeted for; larger traced rates fall back to dense at run time.
+TRACED_RATE_CAP = 1 / 32
+# Grids smaller than this are drawn densely: nothing to save, and a simpler program to compile.
+SPARSE_MIN_SIZE = 1 << 14
 
 
-def bernoulli_seeds(key: jax.Array, gamma: jax.Array, shape: Sequence[int]) -> jax.Array:
+def seed_budget(size: int, gamma: float | None) -> int | None:
+    """How many gaps the sparse method draws for ``size`` positions, or None to draw densely.
+
+    Args:
+      size: the number of positions of the seed grid.
+      gamma: the seed rate if it is known before tracing, None if it is traced.
+
+    Returns:
+      A static budget: the expected number of seeds at the (power-of-two rounded) rate plus
+      10 standard deviations, so that it runs short with probability below 1e-20; rounding
+      keeps the number of distinct compiled programs small.
+
+    Examples:
+      >>> seed_budget(4_000_000, 0.0033)
+      17408
+      >>> seed_budget(4_000_000, 0.2) is None, seed_budget(1000, 0.0033) is None
+      (True, True)
+    """
+    cap = TRACED_RATE_CAP if gamma is None else gamma
+    if cap > DENSE_ABOVE or size < SPARSE_MIN_SIZE:
+        return None
+    cap = 2.0 ** math.ceil(math.log2(max(cap, 1.0 / size)))
+    mean = size * cap
+    return int(math.ceil((mean + 10 * math.sqrt(mean) + 64) / 1024) * 1024)
+
+
+def _dense(key: jax.Array, gamma: jax.Array, size: int) -> jax.Array:
+    return jax.random.bernoulli(key, gamma, (size,))
+
+
+def _sparse(key: jax.Array, gamma: jax.Array, size: int, budget: int) -> jax.Array:
+    """Successes of a Bernoulli(gamma) sequence of ``size``, placed by geometric gaps.
+
+    Each round draws ``budget`` gaps past the last success so far; the sequence is memoryless,
+    so rounds continue it exactly. With the budget of ``seed_budget`` one round suffices but
+    with negligible probability.
+    """
+    log_failure = jnp.log1p(-gamma)
+    # Sums saturate past the end (associative, since every term is non-negative), so int32 never
+    # overflows and the last position reaches ``size`` once the sequence is complete.
+    saturating_sum = lambda a, b: jnp.minimum(a + b, size + 1)  # noqa: E731
+
+    def another_round(state):
+        seeds, last, round_key = state
+        round_key, gaps_key = jax.random.split(round_key)
+        uniform = jax.random.uniform(gaps_key, (budget,), jnp.float32, jnp.finfo(jnp.float32).tiny, 1.0)
+        # Failures before each success, by inversion.
+        gaps = jnp.minimum(jnp.floor(jnp.log(uniform) / log_failure), size).astype(jnp.int32)
+        positions = lax.associative_scan(saturating_sum, gaps.at[0].add(last + 1) + 1) - 1
+        seeds = seeds.at[jnp.minimum(positions, size)].set(True)
+        return seeds, positions[-1], round_key
+
+    start = (jnp.zeros(size + 1, bool), jnp.int32(-1), key)
+    seeds, _, _ = lax.while_loop(lambda state: state[1] < size, another_round, start)
+    return seeds[:size]
+
+
+def bernoulli_seeds(key: jax.Array, gamma: jax.Array, shape: Sequence[int], budget: int | None = None) -> jax.Array:
     """A boolean seed grid of ``shape`` whose entries are i.i.d. Bernoulli(``gamma``).
 
     Args:
       key: a JAX PRNG key.
       gamma: the seed rate, a (possibly traced) float32 scalar in [0, 1].
       shape: the seed grid's shape.
+      budget: from ``seed_budget``; None draws one uniform per position.
 
     Returns:
       A boolean array of ``shape``.
 
     Examples:
       >>> import jax.numpy as jnp
-      >>> seeds = bernoulli_seeds(jax.random.key(0), jnp.float32(0.5), (2, 3))
+      >>> seeds = bernoulli_seeds(jax.random.key(0), jnp.float32(0.01), (4, 64, 64, 8), budget=8192)
       >>> seeds.shape, seeds.dtype
-      ((2, 3), dtype('bool'))
+      ((4, 64, 64, 8), dtype('bool'))
     """
-    # Drawn flat and reshaped: the same i.i.d. distribution, and with the partitionable
-    # threefry (JAX's default) XLA compiles a 1-D draw about 8x faster than an N-D one.
-    return jax.random.bernoulli(key, gamma, (math.prod(shape),)).reshape(tuple(shape))
+    size = math.prod(shape)
+    # Drawn flat and reshaped: with the partitionable threefry (JAX's default) XLA compiles a
+    # 1-D draw about 8x faster than an N-D one.
+    if budget is None:
+        return _dense(key, gamma, size).reshape(tuple(shape))
+    expected = gamma * size
+    too_many = expected + 8 * jnp.sqrt(expected) + 16 > budget
+    seeds = lax.cond(too_many, lambda: _dense(key, gamma, size), lambda: _sparse(key, gamma, size, budget))
+    return seeds.reshape(tuple(shape))

@@ -1,0 +1,57 @@
+"""dropblock_jax.sampling: the sparse (geometric-gap) sampler draws i.i.d. Bernoulli(gamma) seeds.
+
+Tolerances are z-scores of 5 (false alarm below 6e-7 per comparison) with fixed keys.
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from scipy import stats
+
+from dropblock_jax import sampling
+
+SIZE = 1 << 15
+
+
+@pytest.mark.parametrize("gamma, budget", [(0.003, 1024), (0.01, 8192), (0.02, 128)])
+def test_sparse_counts_and_positions_are_bernoulli(gamma, budget):
+    # budget 128 at gamma 0.02 needs about 5 rounds per draw: rounds must continue exactly.
+    draws = 400
+    draw = jax.jit(jax.vmap(lambda key: sampling._sparse(key, jnp.float32(gamma), SIZE, budget)))
+    seeds = np.asarray(draw(jax.random.split(jax.random.key(0), draws)))
+    counts = seeds.sum(axis=1)
+    z = (counts.mean() - SIZE * gamma) / np.sqrt(SIZE * gamma * (1 - gamma) / draws)
+    assert abs(z) < 5, f"mean count {counts.mean()} vs {SIZE * gamma} (z={z:.2f})"
+    # Variance of a binomial count: a chi-square test on the sample variance.
+    chi2 = (draws - 1) * counts.var(ddof=1) / (SIZE * gamma * (1 - gamma))
+    assert stats.chi2.sf(chi2, draws - 1) > 1e-6 and stats.chi2.cdf(chi2, draws - 1) > 1e-6
+    # Uniform over positions: seeds per eighth of the grid (the start and the end included).
+    per_part = seeds.reshape(draws, 8, -1).sum(axis=(0, 2))
+    assert stats.chisquare(per_part).pvalue > 1e-6
+    # Independent neighbours: P(seed at i and i + 1) = gamma^2.
+    both = (seeds[:, :-1] & seeds[:, 1:]).mean()
+    assert abs(both - gamma**2) < 5 * np.sqrt(gamma**2 / (draws * (SIZE - 1)))
+
+
+def test_sparse_edge_rates():
+    key = jax.random.key(1)
+    assert not sampling._sparse(key, jnp.float32(0.0), SIZE, 1024).any()
+    assert sampling._sparse(key, jnp.float32(1.0), 4096, 1024).all()
+
+
+def test_large_traced_rates_fall_back_to_dense_at_run_time():
+    budget = sampling.seed_budget(SIZE, None)
+    draw = jax.jit(lambda gamma: sampling.bernoulli_seeds(jax.random.key(2), gamma, (SIZE,), budget))
+    for gamma in (0.001, 0.02, 0.5):
+        fraction = float(draw(jnp.float32(gamma)).mean())
+        assert abs(fraction - gamma) < 5 * np.sqrt(gamma * (1 - gamma) / SIZE)
+
+
+def test_budgets_are_few_and_cover_the_rate():
+    budgets = {sampling.seed_budget(4_000_000, g) for g in np.linspace(0.0025, 0.0039, 20)}
+    assert len(budgets) == 1
+    budget = budgets.pop()
+    mean = 4_000_000 * 0.0039
+    assert budget > mean + 10 * np.sqrt(mean)
+    assert sampling.seed_budget(4_000_000, 0.1) is None and sampling.seed_budget(100, 0.001) is None

@@ -1,4 +1,4 @@
-"""dropblock_jax.sampling: the sparse (geometric-gap) sampler draws i.i.d. Bernoulli(gamma) seeds.
+"""The sparse (geometric-gap) samplers of both twins draw i.i.d. Bernoulli(gamma) seeds.
 
 Tolerances are z-scores of 5 (false alarm below 6e-7 per comparison) with fixed keys.
 """
@@ -55,3 +55,22 @@ def test_budgets_are_few_and_cover_the_rate():
     mean = 4_000_000 * 0.0039
     assert budget > mean + 10 * np.sqrt(mean)
     assert sampling.seed_budget(4_000_000, 0.1) is None and sampling.seed_budget(100, 0.001) is None
+
+
+@pytest.mark.parametrize("gamma, budget", [(0.003, 1024), (0.02, 128)])
+def test_torch_sparse_counts_and_positions_are_bernoulli(gamma, budget):
+    import torch
+
+    from dropblock_torch import functional
+
+    draws = 400
+    generator = torch.Generator().manual_seed(0)
+    seeds = np.stack([functional._sparse_seeds(gamma, SIZE, budget, None, generator).numpy() for _ in range(draws)])
+    counts = seeds.sum(axis=1)
+    z = (counts.mean() - SIZE * gamma) / np.sqrt(SIZE * gamma * (1 - gamma) / draws)
+    assert abs(z) < 5, f"mean count {counts.mean()} vs {SIZE * gamma} (z={z:.2f})"
+    chi2 = (draws - 1) * counts.var(ddof=1) / (SIZE * gamma * (1 - gamma))
+    assert stats.chi2.sf(chi2, draws - 1) > 1e-6 and stats.chi2.cdf(chi2, draws - 1) > 1e-6
+    assert stats.chisquare(seeds.reshape(draws, 8, -1).sum(axis=(0, 2))).pvalue > 1e-6
+    both = (seeds[:, :-1] & seeds[:, 1:]).mean()
+    assert abs(both - gamma**2) < 5 * np.sqrt(gamma**2 / (draws * (SIZE - 1)))

@@ -146,10 +146,14 @@ def _dropped_mask(seeds: jax.Array, layout: _Layout, seed_region: str) -> jax.Ar
 
 
 def _normalized(x: jax.Array, keep: jax.Array, normalize: str, expected_drop: jax.typing.ArrayLike | None) -> jax.Array:
-    """``x`` where ``keep``, zero elsewhere, rescaled as ``normalize`` says, in >= float32."""
+    """``x * keep * scale``, the scale as ``normalize`` says, in at least float32.
+
+    The factor ``keep * scale`` is formed at the mask's resolution (small when it is shared)
+    and multiplies ``x`` once; the torch twin does the same operations in the same order.
+    """
     compute = jnp.promote_types(x.dtype, jnp.float32)
     if normalize == "none":
-        return jnp.where(keep, x, jnp.zeros((), x.dtype))
+        return x * keep.astype(x.dtype)
     if normalize == "expected":
         scale = rates.expected_rescale_array(jnp.asarray(expected_drop, compute), jnp)
     else:
@@ -157,7 +161,7 @@ def _normalized(x: jax.Array, keep: jax.Array, normalize: str, expected_drop: ja
         kept = jnp.sum(keep, axis=axes, dtype=jnp.int32, keepdims=True)
         total = keep.size // (1 if normalize == "batch" else keep.shape[0])
         scale = jnp.where(kept > 0, jnp.asarray(total, compute) / kept.astype(compute), 0)
-    return jnp.where(keep, x.astype(compute) * scale, 0).astype(x.dtype)
+    return (x.astype(compute) * (keep.astype(compute) * scale)).astype(x.dtype)
 
 
 # Jitted inside, so that eager calls compile once per configuration instead of dispatching

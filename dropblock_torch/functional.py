@@ -158,12 +158,17 @@ def _like_x(out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
 
 
 def _normalized(x: torch.Tensor, keep: torch.Tensor, normalize: str, expected_drop: Rate | None, inplace: bool):
-    """``x`` where ``keep``, zero elsewhere, rescaled as ``normalize`` says, in >= float32."""
+    """``x * keep * scale``, the scale as ``normalize`` says, in at least float32.
+
+    The factor ``keep * scale`` is formed at the mask's resolution (small when it is shared)
+    and multiplies ``x`` once; the JAX twin does the same operations in the same order.
+    """
     compute = torch.promote_types(x.dtype, torch.float32)
     if normalize == "none":
-        scale = None
+        factor = keep.to(x.dtype)
     elif normalize == "expected":
         scale = rates.expected_rescale_array(torch.as_tensor(expected_drop, dtype=compute, device=x.device), torch)
+        factor = keep.to(compute) * scale
     else:
         # count_nonzero: several times faster than a sum over a bool tensor on the CPU.
         if normalize == "batch":
@@ -173,12 +178,10 @@ def _normalized(x: torch.Tensor, keep: torch.Tensor, normalize: str, expected_dr
             kept, total = torch.count_nonzero(keep, dim=dims).reshape(-1, *(1,) * len(dims)), keep[0].numel()
         kept = kept.to(compute)
         scale = torch.where(kept > 0, torch.tensor(total, dtype=compute, device=x.device) / kept, 0.0)
-    if inplace and x.dtype == compute:
-        if scale is not None:
-            x.mul_(scale)
-        return x.masked_fill_(~keep, 0.0)
-    scaled = x if scale is None else x.to(compute) * scale
-    out = torch.where(keep, scaled, 0.0).to(x.dtype)
+        factor = keep.to(compute) * scale
+    if inplace and x.dtype == factor.dtype:
+        return x.mul_(factor)
+    out = (x.to(factor.dtype) * factor).to(x.dtype)
     return x.copy_(out) if inplace else _like_x(out, x)
 
 

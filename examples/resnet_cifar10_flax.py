@@ -166,15 +166,10 @@ def main(argv: list[str] | None = None) -> dict:
             step += 1
             if step >= total_steps:
                 break
-        test_accuracy = evaluate(model, split, args.batch_size, data_sharding)
         history.append(
-            {
-                "epoch": epoch,
-                "step": step,
-                "train_loss": float(np.mean(losses)),
-                "train_accuracy": float(np.mean(accuracies)),
-                "test_accuracy": test_accuracy,
-            }
+            training.epoch_entry(
+                epoch, step, losses, accuracies, evaluate(model, split, args.batch_size, data_sharding)
+            )
         )
         if not args.quiet:
             print(training.epoch_line(history[-1]))

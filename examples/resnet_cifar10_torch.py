@@ -153,15 +153,8 @@ def main(argv: list[str] | None = None) -> dict:
             step += 1
             if step >= total_steps:
                 break
-        test_accuracy = evaluate(model, split, args.batch_size, device)
         history.append(
-            {
-                "epoch": epoch,
-                "step": step,
-                "train_loss": float(np.mean(losses)),
-                "train_accuracy": float(np.mean(accuracies)),
-                "test_accuracy": test_accuracy,
-            }
+            training.epoch_entry(epoch, step, losses, accuracies, evaluate(model, split, args.batch_size, device))
         )
         if not args.quiet and rank == 0:
             print(training.epoch_line(history[-1]))

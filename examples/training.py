@@ -40,6 +40,17 @@ def regulariser(args: argparse.Namespace) -> str:
     return "none" if args.no_dropblock else f"dropblock {args.drop_prob} ({args.preset})"
 
 
+def epoch_entry(epoch: int, step: int, losses: list[float], accuracies: list[float], test_accuracy: float) -> dict:
+    """One epoch's line of the history in ``metrics.json``."""
+    return {
+        "epoch": epoch,
+        "step": step,
+        "train_loss": float(sum(losses) / max(len(losses), 1)),
+        "train_accuracy": float(sum(accuracies) / max(len(accuracies), 1)),
+        "test_accuracy": test_accuracy,
+    }
+
+
 def epoch_line(entry: dict) -> str:
     return (
         f"epoch {entry['epoch']}: train loss {entry['train_loss']:.4f}, "

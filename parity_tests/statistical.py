@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import zlib
 
 import jax
 import jax.numpy as jnp
@@ -143,7 +144,8 @@ def _whole_blocks(dropped: np.ndarray, block: tuple[int, ...]) -> bool:
 
 def run_statistical(config: StatConfig, draws: int, devices: Devices, seed: int = 0) -> tuple[list[Check], dict]:
     """All statistical checks of one configuration, and the data the figures need."""
-    outputs = draw_masks(config, draws, devices, seed)
+    # A seed of its own per configuration: the same key everywhere would correlate the configurations.
+    outputs = draw_masks(config, draws, devices, seed + zlib.crc32(config.name.encode()) % 2**31)
     gamma, expected = config.gamma, config.expected_drop
     probability = 1.0 - (1.0 - gamma) ** dc.coverage_counts(config.spatial, config.block, config.seed_region)
     name, checks = config.name, []

@@ -5,9 +5,9 @@ instead of single units. ``drop_block`` does it in one call; ``sample_seeds`` an
 ``apply_seeds`` are its random and deterministic halves, and the same seeds give the same
 mask here and in JAX. The math lives in ``dropblock_common``.
 
-``drop_prob`` is a Python float (validated, a 0 returns ``x`` itself) or a 0-dim tensor (never
-read back to the host: no sync, no recompile under ``torch.compile`` when it changes; values
-outside [0, 1] are clipped).
+``drop_prob`` is a Python float (validated, a 0 returns ``x`` itself) or a 0-dim tensor (values
+outside [0, 1] are clipped; no recompile under ``torch.compile`` when it changes). A GPU
+tensor is never read back to the host; a CPU one is read for free to pick the sampler.
 """
 
 from __future__ import annotations
@@ -365,7 +365,7 @@ def drop_block(
       x: a floating tensor ``(N, C, *spatial)`` with 1 to 3 spatial dims, any device,
         ``channels_last`` allowed.
       drop_prob: the target fraction of dropped units: a float in [0, 1] (a 0 returns ``x``)
-        or a 0-dim tensor (clipped to [0, 1], never read back to the host).
+        or a 0-dim tensor (clipped to [0, 1]; a GPU tensor is never read back to the host).
       block_size: an int or one int per spatial dim; clipped to the map.
       training: if False, return ``x``.
       seed_region: ``"valid"`` (the paper: blocks inside the map) or ``"full"`` (timm).

@@ -189,6 +189,17 @@ def check_choice(value: object, name: str, choices: Sequence[str]) -> str:
     return value
 
 
+def check_options(seed_region: str, normalize: str | None = None) -> None:
+    """Check ``seed_region`` and, if given, ``normalize`` against their choices.
+
+    Examples:
+      >>> check_options("full", "sample")
+    """
+    check_choice(seed_region, "seed_region", SEED_REGIONS)
+    if normalize is not None:
+        check_choice(normalize, "normalize", NORMALIZE_MODES)
+
+
 def check_module_options(
     block_size: int | Sequence[int], seed_region: str, normalize: str, channel_axis: int | None = None
 ) -> None:
@@ -209,8 +220,7 @@ def check_module_options(
     block_size_tuple(block_size, dims)
     if channel_axis is not None and channel_axis not in (1, -1):
         raise ValueError(f"channel_axis must be 1 (channels first) or -1 (channels last), got {channel_axis=!r}.")
-    check_choice(seed_region, "seed_region", SEED_REGIONS)
-    check_choice(normalize, "normalize", NORMALIZE_MODES)
+    check_options(seed_region, normalize)
 
 
 def rate_or_schedule(drop_prob: object) -> object:

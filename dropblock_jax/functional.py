@@ -123,12 +123,6 @@ def _traced_rates(
     return gamma, rates.expected_drop_fraction_array(gamma, table, jnp, _jnp_asarray)
 
 
-def _check_options(seed_region: str, normalize: str | None = None) -> None:
-    validation.check_choice(seed_region, "seed_region", validation.SEED_REGIONS)
-    if normalize is not None:
-        validation.check_choice(normalize, "normalize", validation.NORMALIZE_MODES)
-
-
 def _dropped_mask(seeds: jax.Array, layout: _Layout, seed_region: str) -> jax.Array:
     """Dilate the seed grid by the block: True wherever some seed's block lies."""
     # float32, not bool: XLA's CPU reduce_window vectorises a float max, about 3x faster.
@@ -223,7 +217,7 @@ def sample_seeds(
     """
     layout = _layout(shape, channel_axis, block_size, name="shape")
     _check_key(key)
-    _check_options(seed_region)
+    validation.check_options(seed_region)
     concrete = _concrete_drop_prob(drop_prob)
     seed_shape = layout.seed_shape(seed_region, share_channels, share_batch)
     if concrete == 0.0:
@@ -283,7 +277,7 @@ def apply_seeds(
     x = jnp.asarray(x)
     layout = _layout(x.shape, channel_axis, block_size)
     _check_floating(x)
-    _check_options(seed_region, normalize)
+    validation.check_options(seed_region, normalize)
     seeds = jnp.asarray(seeds)
     full_grid = layout.seed_shape(seed_region, share_channels=False, share_batch=False)
     validation.check_seed_shape(
@@ -354,7 +348,7 @@ def dropblock(
     layout = _layout(x.shape, channel_axis, block_size)
     _check_floating(x)
     _check_key(key)
-    _check_options(seed_region, normalize)
+    validation.check_options(seed_region, normalize)
     concrete = _concrete_drop_prob(drop_prob)
     if concrete == 0.0 or x.size == 0:
         return x

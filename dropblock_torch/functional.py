@@ -56,12 +56,6 @@ def _check_floating(x: object) -> None:
         raise TypeError(f"x must be a floating-point tensor, got x.dtype={x.dtype}. Cast it first, e.g. x.float().")
 
 
-def _check_options(seed_region: str, normalize: str | None = None) -> None:
-    validation.check_choice(seed_region, "seed_region", validation.SEED_REGIONS)
-    if normalize is not None:
-        validation.check_choice(normalize, "normalize", validation.NORMALIZE_MODES)
-
-
 def _concrete_drop_prob(drop_prob: Rate) -> float | None:
     """``drop_prob`` as a validated float if it is a number, None if it is a tensor."""
     if isinstance(drop_prob, torch.Tensor):
@@ -279,7 +273,7 @@ def sample_seeds(
       ((2, 8, 22, 22), torch.bool)
     """
     layout = _layout(shape, block_size, name="shape")
-    _check_options(seed_region)
+    validation.check_options(seed_region)
     concrete = _concrete_drop_prob(drop_prob)
     device = torch.device(device) if device is not None else generator.device if generator is not None else None
     seed_shape = layout.seed_shape(seed_region, share_channels, share_batch)
@@ -333,7 +327,7 @@ def apply_seeds(
     """
     _check_floating(x)
     layout = _layout(x.shape, block_size)
-    _check_options(seed_region, normalize)
+    validation.check_options(seed_region, normalize)
     seeds = torch.as_tensor(seeds, device=x.device)
     full_grid = layout.seed_shape(seed_region, share_channels=False, share_batch=False)
     validation.check_seed_shape(
@@ -393,7 +387,7 @@ def drop_block(
     """
     _check_floating(x)
     layout = _layout(x.shape, block_size)
-    _check_options(seed_region, normalize)
+    validation.check_options(seed_region, normalize)
     concrete = _concrete_drop_prob(drop_prob)
     if not training or concrete == 0.0 or x.numel() == 0:
         return x

@@ -23,6 +23,7 @@ import torch
 import dropblock_common as dc
 import dropblock_jax as dj
 import dropblock_torch as dt
+from dropblock_common import validation
 from dropblock_jax import functional as jax_functional
 from dropblock_jax import schedules as jax_schedules
 from dropblock_torch import functional as torch_functional
@@ -85,8 +86,7 @@ def exact_configs(every_dtype: bool = True) -> list[ExactConfig]:
 
 def _seed_grid(config: ExactConfig, rng: np.random.Generator) -> np.ndarray:
     spatial = config.shape[2:]
-    block = (config.block_size,) * len(spatial) if isinstance(config.block_size, int) else config.block_size
-    block = tuple(min(k, s) for k, s in zip(block, spatial))
+    block = validation.effective_block_size(spatial, validation.block_size_tuple(config.block_size, len(spatial)))
     grid = list(dc.seed_grid_shape(spatial, block, config.seed_region))
     batch = 1 if config.share == "batch" else config.shape[0]
     channels = 1 if config.share == "channels" else config.shape[1]

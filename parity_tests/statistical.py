@@ -31,6 +31,7 @@ from scipy import stats
 import dropblock_common as dc
 import dropblock_jax as dj
 import dropblock_torch as dt
+from dropblock_common import validation
 from parity_tests.checks import Check
 from parity_tests.devices import Devices
 
@@ -57,8 +58,9 @@ class StatConfig:
 
     @property
     def block(self) -> tuple[int, ...]:
-        block = (self.block_size,) * len(self.spatial) if isinstance(self.block_size, int) else self.block_size
-        return tuple(min(k, s) for k, s in zip(block, self.spatial))
+        return validation.effective_block_size(
+            self.spatial, validation.block_size_tuple(self.block_size, len(self.spatial))
+        )
 
     @property
     def gamma(self) -> float:

@@ -100,8 +100,9 @@ def test_drop_prob_one_means_every_seed():
 
 
 def test_block_padding_reproduces_block_slices():
-    # A stride-1 max over `block` cells after padding (low, high) drops [j - low + ..]:
-    # check the padded window of every seed against the reference slice.
+    # After padding by (low, high), output p of a stride-1 max over `block` cells sees padded
+    # cells [p, p + block), i.e. seeds [p - low, p - low + block): check every seed's cover
+    # against the reference slice.
     from numpy_reference import block_slice
 
     for seed_region in ("valid", "full"):

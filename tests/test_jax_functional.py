@@ -215,7 +215,10 @@ def test_vmap_over_inputs_matches_per_sample_normalisation():
     x = random_x((3, 10, 10, 2))
     key = jax.random.key(0)
     per_sample = jax.vmap(lambda xi: dj.dropblock(xi[None], key, 0.2, 3)[0])(x)
-    assert per_sample.shape == x.shape and bool(jnp.all(jnp.isfinite(per_sample)))
+    # Every sample sees the same key, hence the batch-shared mask, each scaled on its own.
+    shared = dj.dropblock(x, key, 0.2, 3, share_batch=True, normalize="sample")
+    np.testing.assert_allclose(per_sample, shared, rtol=1e-6)
+    assert float((per_sample == 0).mean()) > 0.05
 
 
 @pytest.mark.parametrize("normalize", ["batch", "sample", "expected", "none"])

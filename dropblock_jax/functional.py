@@ -23,7 +23,7 @@ import numpy as np
 from jax import lax
 
 from dropblock_common import coverage, rates, validation
-from dropblock_jax import sampling
+from dropblock_jax import bitmask, sampling
 
 BlockSize = int | Sequence[int]
 
@@ -123,39 +123,57 @@ def _traced_rates(
     return gamma, rates.expected_drop_fraction_array(gamma, table, jnp, _jnp_asarray)
 
 
-def _dropped_mask(seeds: jax.Array, layout: _Layout, seed_region: str) -> jax.Array:
-    """Dilate the seed grid by the block: True wherever some seed's block lies."""
-    # float32, not bool: XLA's CPU reduce_window vectorises a float max, about 3x faster.
-    dropped = seeds.astype(jnp.float32)
-    ndim = len(layout.shape)
-    # A box is separable: one running max per spatial axis is exact and costs k, not k^d.
-    for axis, block in zip(layout.spatial_axes, layout.block, strict=True):
-        low, high = coverage.block_padding(block, seed_region)
-        if block == 1:
-            continue
-        window = tuple(block if i == axis else 1 for i in range(ndim))
-        padding = tuple((low, high) if i == axis else (0, 0) for i in range(ndim))
-        dropped = lax.reduce_window(dropped, 0.0, lax.max, window, (1,) * ndim, padding)
-    return dropped > 0
+def _dropped_words(words: jax.Array, packing: bitmask.Packing, layout: _Layout, seed_region: str) -> jax.Array:
+    """Dilate the (packed) seed grid by the block: set wherever some seed's block lies."""
+    paddings = [coverage.block_padding(block, seed_region) for block in layout.block]
+    return bitmask.dilate(words, packing, layout.spatial_axes, paddings, layout.block)
 
 
-def _normalized(x: jax.Array, keep: jax.Array, normalize: str, expected_drop: jax.typing.ArrayLike | None) -> jax.Array:
+def _normalized(
+    x: jax.Array,
+    dropped: jax.Array,
+    packing: bitmask.Packing,
+    normalize: str,
+    expected_drop: jax.typing.ArrayLike | None,
+) -> jax.Array:
     """``x * keep * scale``, the scale as ``normalize`` says, in at least float32.
 
-    The factor ``keep * scale`` is formed at the mask's resolution (small when it is shared)
-    and multiplies ``x`` once; the torch twin does the same operations in the same order.
+    ``dropped`` holds the dilated mask as packed words. The kept count comes from the words (a
+    popcount), the factor ``keep * scale`` is formed at the mask's resolution (small when it is
+    shared) and multiplies ``x`` once; XLA fuses the unpacking into that multiply. The torch
+    twin does the same arithmetic in the same order.
     """
     compute = jnp.promote_types(x.dtype, jnp.float32)
+    keep = ~bitmask.unpack(dropped, packing)
     if normalize == "none":
         return x * keep.astype(x.dtype)
     if normalize == "expected":
         scale = rates.expected_rescale_array(jnp.asarray(expected_drop, compute), jnp)
     else:
         axes = None if normalize == "batch" else tuple(range(1, keep.ndim))
-        kept = jnp.sum(keep, axis=axes, dtype=jnp.int32, keepdims=True)
         total = keep.size // (1 if normalize == "batch" else keep.shape[0])
+        kept = total - bitmask.count(dropped, packing, axes)
         scale = jnp.where(kept > 0, jnp.asarray(total, compute) / kept.astype(compute), 0)
     return (x.astype(compute) * (keep.astype(compute) * scale)).astype(x.dtype)
+
+
+def _expand_and_apply(
+    x: jax.Array,
+    words: jax.Array,
+    packing: bitmask.Packing,
+    layout: _Layout,
+    seed_region: str,
+    normalize: str,
+    noise_key: jax.Array | None,
+    expected_drop: jax.typing.ArrayLike | None,
+) -> jax.Array:
+    """Expand the packed seeds into blocks and apply them to ``x``."""
+    dropped = _dropped_words(words, packing, layout, seed_region)
+    if noise_key is not None:
+        keep = ~bitmask.unpack(dropped, packing)
+        noise = jax.random.normal(noise_key, (x.size,), jnp.promote_types(x.dtype, jnp.float32)).reshape(x.shape)
+        return jnp.where(keep, x, noise.astype(x.dtype))  # flat draw: see sampling.bernoulli_words
+    return _normalized(x, dropped, packing, normalize, expected_drop)
 
 
 # Jitted inside, so that eager calls compile once per configuration instead of dispatching
@@ -170,11 +188,9 @@ def _apply(
     noise_key: jax.Array | None,
     expected_drop: jax.typing.ArrayLike | None,
 ) -> jax.Array:
-    keep = ~_dropped_mask(seeds, layout, seed_region)
-    if noise_key is not None:
-        noise = jax.random.normal(noise_key, (x.size,), jnp.promote_types(x.dtype, jnp.float32)).reshape(x.shape)
-        return jnp.where(keep, x, noise.astype(x.dtype))  # flat draw: see sampling.bernoulli_seeds
-    return _normalized(x, keep, normalize, expected_drop)
+    packing = bitmask.packing(seeds.shape, layout.channel_axis)
+    words = bitmask.pack(seeds, packing)
+    return _expand_and_apply(x, words, packing, layout, seed_region, normalize, noise_key, expected_drop)
 
 
 def sample_seeds(
@@ -227,7 +243,16 @@ def sample_seeds(
     else:
         gamma, _ = _concrete_rates(concrete, layout, seed_region, calibrate)
     budget = sampling.seed_budget(math.prod(seed_shape), None if concrete is None else float(gamma))
-    return sampling.bernoulli_seeds(key, gamma, seed_shape, budget)
+    return _sample_seeds(key, gamma, seed_shape, layout.channel_axis, budget)
+
+
+@functools.partial(jax.jit, static_argnums=range(2, 5))
+def _sample_seeds(
+    key: jax.Array, gamma: jax.typing.ArrayLike, seed_shape: tuple[int, ...], channel_axis: int, budget: int | None
+) -> jax.Array:
+    # Packed as dropblock packs them, so that the same key gives the same seeds.
+    packing = bitmask.packing(seed_shape, channel_axis)
+    return bitmask.unpack(sampling.bernoulli_words(key, gamma, seed_shape, packing, budget), packing)
 
 
 def apply_seeds(
@@ -375,5 +400,6 @@ def _dropblock(
     """``dropblock`` after validation; ``rate`` is (gamma, expected drop) when ``drop_prob`` is concrete."""
     seed_key, noise_key = jax.random.split(key) if noise else (key, None)
     gamma, expected = _traced_rates(drop_prob, layout, seed_region, calibrate) if rate is None else rate
-    seeds = sampling.bernoulli_seeds(seed_key, gamma, seed_shape, budget)
-    return _apply(x, seeds, layout, seed_region, normalize, noise_key, expected)
+    packing = bitmask.packing(seed_shape, layout.channel_axis)
+    words = sampling.bernoulli_words(seed_key, gamma, seed_shape, packing, budget)
+    return _expand_and_apply(x, words, packing, layout, seed_region, normalize, noise_key, expected)

@@ -8,7 +8,8 @@ Bernoulli sequence are i.i.d. geometric, so ``budget`` uniforms, turned into gap
 and summed, place the seeds exactly. If the budget runs short before the end of the grid,
 another round continues the sequence (it is memoryless, so the result stays exact); if gamma is
 too large for the budget, the whole grid is drawn densely. Both choices are made at run time,
-so a traced ``drop_prob`` never retraces.
+so a traced ``drop_prob`` never retraces. Either way the seeds come out packed as bits of words
+along the channel axis (``bitmask.py``), the form the block expansion works on.
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ from collections.abc import Sequence
 import jax
 import jax.numpy as jnp
 from jax import lax
+
+from dropblock_jax.bitmask import UNPACKED, Packing, bit_values, pack_flat
 
 # Above this rate a uniform per position costs about what the sparse method does.
 DENSE_ABOVE = 1 / 16
@@ -54,16 +57,16 @@ def seed_budget(size: int, gamma: float | None) -> int | None:
     return int(math.ceil((mean + 10 * math.sqrt(mean) + 64) / 1024) * 1024)
 
 
-def _dense(key: jax.Array, gamma: jax.Array, size: int) -> jax.Array:
-    return jax.random.bernoulli(key, gamma, (size,))
+def _dense(key: jax.Array, gamma: jax.Array, size: int, packing: Packing) -> jax.Array:
+    return pack_flat(jax.random.bernoulli(key, gamma, (size,)), packing)
 
 
-def _sparse(key: jax.Array, gamma: jax.Array, size: int, budget: int) -> jax.Array:
-    """Successes of a Bernoulli(gamma) sequence of ``size``, placed by geometric gaps.
+def _sparse(key: jax.Array, gamma: jax.Array, size: int, budget: int, packing: Packing = UNPACKED) -> jax.Array:
+    """Successes of a Bernoulli(gamma) sequence of ``size``, placed by geometric gaps, as flat words.
 
     Each round draws ``budget`` gaps past the last success so far; the sequence is memoryless,
     so rounds continue it exactly. With the budget of ``seed_budget`` one round suffices but
-    with negligible probability.
+    with negligible probability. Position ``p`` is bit ``p % bits`` of word ``p // bits``.
     """
     log_failure = jnp.log1p(-gamma)
     # Sums saturate past the end (associative, since every term is non-negative), so int32 never
@@ -71,44 +74,55 @@ def _sparse(key: jax.Array, gamma: jax.Array, size: int, budget: int) -> jax.Arr
     saturating_sum = lambda a, b: jnp.minimum(a + b, size + 1)  # noqa: E731
 
     def another_round(state):
-        seeds, last, round_key = state
+        words, last, round_key = state
         round_key, gaps_key = jax.random.split(round_key)
         uniform = jax.random.uniform(gaps_key, (budget,), jnp.float32, jnp.finfo(jnp.float32).tiny, 1.0)
         # Failures before each success, by inversion.
         gaps = jnp.minimum(jnp.floor(jnp.log(uniform) / log_failure), size).astype(jnp.int32)
         positions = lax.associative_scan(saturating_sum, gaps.at[0].add(last + 1) + 1) - 1
-        seeds = seeds.at[jnp.minimum(positions, size)].set(True)
-        return seeds, positions[-1], round_key
+        # Positions are distinct, so adding their bits is OR-ing them; the ones past the end
+        # all land in one spare word.
+        inside = jnp.minimum(positions, size)
+        words = words.at[inside // packing.bits].add(bit_values(inside % packing.bits, packing))
+        return words, positions[-1], round_key
 
-    start = (jnp.zeros(size + 1, bool), jnp.int32(-1), key)
-    seeds, _, _ = lax.while_loop(lambda state: state[1] < size, another_round, start)
-    return seeds[:size]
+    start = (jnp.zeros(size // packing.bits + 1, packing.dtype), jnp.int32(-1), key)
+    words, _, _ = lax.while_loop(lambda state: state[1] < size, another_round, start)
+    return words[:-1]
 
 
-def bernoulli_seeds(key: jax.Array, gamma: jax.Array, shape: Sequence[int], budget: int | None = None) -> jax.Array:
-    """A boolean seed grid of ``shape`` whose entries are i.i.d. Bernoulli(``gamma``).
+def bernoulli_words(
+    key: jax.Array, gamma: jax.Array, shape: Sequence[int], packing: Packing, budget: int | None = None
+) -> jax.Array:
+    """A seed grid of ``shape`` with i.i.d. Bernoulli(``gamma``) entries, packed as ``packing`` says.
 
     Args:
       key: a JAX PRNG key.
       gamma: the seed rate, a (possibly traced) float32 scalar in [0, 1].
       shape: the seed grid's shape.
+      packing: how the grid is stored (``packing.packing``); positions are drawn in packed order.
       budget: from ``seed_budget``; None draws one uniform per position.
 
     Returns:
-      A boolean array of ``shape``.
+      Words of ``packing.words_shape(shape)``.
 
     Examples:
       >>> import jax.numpy as jnp
-      >>> seeds = bernoulli_seeds(jax.random.key(0), jnp.float32(0.01), (4, 64, 64, 8), budget=8192)
-      >>> seeds.shape, seeds.dtype
-      ((4, 64, 64, 8), dtype('bool'))
+      >>> from dropblock_jax.bitmask import packing
+      >>> shape = (4, 64, 64, 32)
+      >>> words = bernoulli_words(jax.random.key(0), jnp.float32(0.01), shape, packing(shape, -1), budget=16384)
+      >>> words.shape, words.dtype
+      ((4, 64, 64, 1), dtype('uint32'))
     """
     size = math.prod(shape)
     # Drawn flat and reshaped: with the partitionable threefry (JAX's default) XLA compiles a
     # 1-D draw about 8x faster than an N-D one.
     if budget is None:
-        return _dense(key, gamma, size).reshape(tuple(shape))
-    expected = gamma * size
-    too_many = expected + 8 * jnp.sqrt(expected) + 16 > budget
-    seeds = lax.cond(too_many, lambda: _dense(key, gamma, size), lambda: _sparse(key, gamma, size, budget))
-    return seeds.reshape(tuple(shape))
+        words = _dense(key, gamma, size, packing)
+    else:
+        expected = gamma * size
+        too_many = expected + 8 * jnp.sqrt(expected) + 16 > budget
+        words = lax.cond(
+            too_many, lambda: _dense(key, gamma, size, packing), lambda: _sparse(key, gamma, size, budget, packing)
+        )
+    return words.reshape(packing.words_shape(shape))

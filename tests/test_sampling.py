@@ -9,16 +9,32 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from dropblock_jax import sampling
+from dropblock_jax import bitmask, sampling
 
 SIZE = 1 << 15
+PACKED = bitmask.Packing(axis=0, bits=32)
 
 
-@pytest.mark.parametrize("gamma, budget", [(0.003, 1024), (0.01, 8192), (0.02, 128)])
-def test_sparse_counts_and_positions_are_bernoulli(gamma, budget):
-    # budget 128 at gamma 0.02 needs about 5 rounds per draw: rounds must continue exactly.
+def sparse_seeds(key, gamma, size, budget, packing=bitmask.UNPACKED):
+    return bitmask.unpack(sampling._sparse(key, jnp.float32(gamma), size, budget, packing), packing)
+
+
+@pytest.mark.parametrize(
+    "gamma, budget, packing",
+    [
+        (0.003, 1024, bitmask.UNPACKED),
+        (0.01, 8192, bitmask.UNPACKED),
+        (0.02, 128, bitmask.UNPACKED),
+        (0.003, 1024, PACKED),
+        (0.02, 128, PACKED),
+        (0.01, 256, bitmask.Packing(axis=0, bits=8)),
+    ],
+)
+def test_sparse_counts_and_positions_are_bernoulli(gamma, budget, packing):
+    # budget 128 at gamma 0.02 needs about 5 rounds per draw: rounds must continue exactly,
+    # also when they add bits to words that earlier rounds set.
     draws = 400
-    draw = jax.jit(jax.vmap(lambda key: sampling._sparse(key, jnp.float32(gamma), SIZE, budget)))
+    draw = jax.jit(jax.vmap(lambda key: sparse_seeds(key, gamma, SIZE, budget, packing)))
     seeds = np.asarray(draw(jax.random.split(jax.random.key(0), draws)))
     counts = seeds.sum(axis=1)
     z = (counts.mean() - SIZE * gamma) / np.sqrt(SIZE * gamma * (1 - gamma) / draws)
@@ -36,13 +52,14 @@ def test_sparse_counts_and_positions_are_bernoulli(gamma, budget):
 
 def test_sparse_edge_rates():
     key = jax.random.key(1)
-    assert not sampling._sparse(key, jnp.float32(0.0), SIZE, 1024).any()
-    assert sampling._sparse(key, jnp.float32(1.0), 4096, 1024).all()
+    for packing in (bitmask.UNPACKED, PACKED):
+        assert not sparse_seeds(key, 0.0, SIZE, 1024, packing).any()
+        assert sparse_seeds(key, 1.0, 4096, 1024, packing).all()
 
 
 def test_large_traced_rates_fall_back_to_dense_at_run_time():
     budget = sampling.seed_budget(SIZE, None)
-    draw = jax.jit(lambda gamma: sampling.bernoulli_seeds(jax.random.key(2), gamma, (SIZE,), budget))
+    draw = jax.jit(lambda gamma: sampling.bernoulli_words(jax.random.key(2), gamma, (SIZE,), bitmask.UNPACKED, budget))
     for gamma in (0.001, 0.02, 0.5):
         fraction = float(draw(jnp.float32(gamma)).mean())
         assert abs(fraction - gamma) < 5 * np.sqrt(gamma * (1 - gamma) / SIZE)

@@ -1,0 +1,116 @@
+"""dropblock_jax.bitmask: channels packed as bits give the same masks as booleans do.
+
+The packed path is what ``dropblock`` runs for channel counts with a power-of-two factor of at
+least 4; every check here compares it with the naive numpy reference, bit for bit.
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from numpy_reference import dropped_mask, normalized
+
+import dropblock_jax as dj
+from dropblock_jax import bitmask
+
+
+@pytest.mark.parametrize(
+    "channels, bits, dtype",
+    [(256, 32, np.uint32), (96, 32, np.uint32), (48, 16, np.uint16), (24, 8, np.uint8), (12, 4, np.uint8)]
+    + [(6, 1, np.float32), (3, 1, np.float32), (1, 1, np.float32)],
+)
+def test_packing_is_the_widest_power_of_two_that_divides_the_channels(channels, bits, dtype):
+    for shape, axis in [((2, 5, 5, channels), -1), ((2, channels, 5, 5), 1)]:
+        packing = bitmask.packing(shape, axis)
+        assert (packing.bits, packing.dtype) == (bits, np.dtype(dtype))
+        assert packing.axis == axis % len(shape)
+        assert packing.words_shape(shape)[packing.axis] == channels // bits
+
+
+@pytest.mark.parametrize("shape, axis", [((3, 4, 5, 64), 3), ((3, 48, 4, 5), 1), ((2, 7, 8), 2), ((2, 6, 3), 2)])
+def test_pack_and_unpack_are_inverse(shape, axis):
+    grid = jax.random.bernoulli(jax.random.key(0), 0.3, shape)
+    packing = bitmask.packing(shape, axis)
+    words = bitmask.pack(grid, packing)
+    assert words.shape == packing.words_shape(shape) and words.dtype == packing.dtype
+    np.testing.assert_array_equal(bitmask.unpack(words, packing), grid)
+    np.testing.assert_array_equal(bitmask.count(words, packing, None), np.sum(grid, keepdims=True))
+    np.testing.assert_array_equal(
+        bitmask.count(words, packing, tuple(range(1, len(shape)))).reshape(-1),
+        np.sum(grid, axis=tuple(range(1, len(shape)))),
+    )
+
+
+def test_packed_order_is_the_flat_order_of_the_words():
+    # Position p is bit p % bits of word p // bits: channels last, the grid's own flat order.
+    shape = (2, 3, 3, 32)
+    packing = bitmask.packing(shape, -1)
+    flags = jnp.zeros(np.prod(shape), bool).at[jnp.array([0, 33, 100, 575])].set(True)
+    words = bitmask.pack_flat(flags, packing).reshape(packing.words_shape(shape))
+    np.testing.assert_array_equal(bitmask.unpack(words, packing).reshape(-1), flags)
+    assert words.reshape(-1)[1] == 1 << 1 and words.reshape(-1)[3] == 1 << 4
+
+
+# (shape in the Flax layout, block_size): channel counts that pack into 4-, 8-, 16- and 32-bit words.
+PACKED_CASES = [
+    ((2, 12, 11, 32), 3),
+    ((2, 9, 10, 64), (4, 2)),
+    ((1, 17, 16), 5),
+    ((2, 6, 5, 4, 8), (3, 2, 2)),
+    ((3, 7, 7, 12), 7),
+    ((2, 5, 5, 48), 9),
+]
+
+
+@pytest.mark.parametrize("shape, block_size", PACKED_CASES)
+@pytest.mark.parametrize("seed_region", ["valid", "full"])
+@pytest.mark.parametrize("channel_axis", [-1, 1])
+def test_packed_masks_equal_the_reference_dilation(shape, block_size, seed_region, channel_axis):
+    dims = len(shape) - 2
+    spatial = shape[1:-1]
+    block = tuple(
+        min(k, s) for k, s in zip((block_size,) * dims if isinstance(block_size, int) else block_size, spatial)
+    )
+    seeds = np.asarray(dj.sample_seeds(jax.random.key(1), shape, 0.3, block_size, seed_region=seed_region))
+    x = np.asarray(jax.random.uniform(jax.random.key(2), shape, jnp.float32, 0.5, 1.5))
+    keep = ~dropped_mask(seeds, spatial, block, range(1, dims + 1), seed_region)
+    if channel_axis == 1:
+        x_in, seeds_in = np.moveaxis(x, -1, 1), np.moveaxis(seeds, -1, 1)
+    else:
+        x_in, seeds_in = x, seeds
+    for normalize in ("none", "batch", "sample"):
+        out = dj.apply_seeds(
+            x_in, seeds_in, block_size, channel_axis=channel_axis, seed_region=seed_region, normalize=normalize
+        )
+        out = np.moveaxis(np.asarray(out), 1, -1) if channel_axis == 1 else np.asarray(out)
+        np.testing.assert_array_equal(out == 0, ~keep)
+        np.testing.assert_allclose(out, normalized(x, keep, normalize), rtol=2e-7)
+
+
+@pytest.mark.parametrize("channel_axis", [-1, 1])
+@pytest.mark.parametrize("drop_prob", [0.1, 0.5])
+def test_dropblock_equals_apply_seeds_of_sample_seeds_with_the_same_key(channel_axis, drop_prob):
+    # 2 * 64 * 64 * 32 seed positions: at drop_prob 0.1 the sparse sampler runs, at 0.5 the dense one.
+    shape = (2, 70, 70, 32) if channel_axis == -1 else (2, 32, 70, 70)
+    x = jax.random.uniform(jax.random.key(0), shape, jnp.float32, 0.5, 1.5)
+    key = jax.random.key(3)
+    seeds = dj.sample_seeds(key, shape, drop_prob, 7, channel_axis=channel_axis)
+    expected = dj.apply_seeds(x, seeds, 7, channel_axis=channel_axis)
+    np.testing.assert_array_equal(dj.dropblock(x, key, drop_prob, 7, channel_axis=channel_axis), expected)
+    assert 0 < float(seeds.mean()) < 0.1
+
+
+def test_sparse_and_dense_packed_seeds_have_the_seed_rate():
+    # Each packed draw against its binomial count, |z| < 5 (fixed keys).
+    shape = (4, 64, 64, 32)
+    packing = bitmask.packing(shape, -1)
+    size = np.prod(shape)
+    for gamma, budget in [(0.003, dj.sampling.seed_budget(size, 0.003)), (0.2, None)]:
+        words = dj.sampling.bernoulli_words(jax.random.key(4), jnp.float32(gamma), shape, packing, budget)
+        seeds = np.asarray(bitmask.unpack(words, packing))
+        z = (seeds.sum() - size * gamma) / np.sqrt(size * gamma * (1 - gamma))
+        assert abs(z) < 5, (gamma, seeds.sum(), z)
+        # Every channel gets seeds at the rate too (no bit is stuck).
+        per_channel = seeds.reshape(-1, 32).sum(axis=0)
+        n = size // 32
+        assert np.all(np.abs(per_channel - n * gamma) < 5 * np.sqrt(n * gamma * (1 - gamma)))

@@ -4,8 +4,18 @@ For each ResNet-like shape: forward and forward+backward time (median over repea
 ``dropblock_jax`` (jit, NHWC) and ``dropblock_torch`` (NCHW), per-channel and shared-channel,
 next to the memory-bandwidth floor (a plain ``x * s``), each framework's own dropout, and the
 peers that are installed (timm's ``drop_block_2d``, torchvision's ``drop_block2d``, the
-``dropblock`` 0.3.0 package). Ratios are pair by pair, within one framework and one run. JAX
-rows also give the compiled program's temporary memory. Prints a markdown table.
+``dropblock`` 0.3.0 package). Ratios are pair by pair, within one framework and one run.
+
+Timing is interleaved: each repeat runs every implementation of a shape once, in turn, so a
+burst of noise on a shared machine hits all of them alike rather than one row; on the CPU the
+last-level cache is flushed before each timed call, so every call starts equally cold, and the
+process runs with glibc's malloc told to keep freed memory (see ``ALLOCATOR_ENV``).
+
+Peak memory is what one call allocates beyond its input (JAX: the compiled program's temporary
+and output buffers; torch: the allocator's running peak during the call,
+from the profiler on the CPU and ``max_memory_allocated`` on a GPU). ``GB/s`` is the forward's
+bytes read plus written (``2 * x.nbytes``) over its time, to compare with the floor's. Prints a
+markdown table and the issue's targets.
 
 timm is loaded from its ``layers/drop.py`` alone (``pip install --no-deps timm``), since the
 rest of timm imports torchvision, which does not import beside the CPU build of torch.
@@ -16,13 +26,16 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import importlib.util
+import os
 import pathlib
 import statistics
+import sys
 import time
 from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import torch
 
 import dropblock_jax as dj
@@ -56,21 +69,83 @@ class Row:
     name: str
     forward_ms: float | None
     backward_ms: float | None = None
+    peak_mb: float | None = None
+    backward_peak_mb: float | None = None
+    gb_per_s: float | None = None
     baseline: str | None = None
-    temp_mb: float | None = None
     ratio: float | None = None
     backward_ratio: float | None = None
 
 
-def median_ms(run: Callable[[], object], repeats: int, sync: Callable[[object], object]) -> float:
-    for _ in range(3):
-        sync(run())
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        sync(run())
-        times.append(time.perf_counter() - start)
-    return 1e3 * statistics.median(times)
+# glibc's malloc hands freed blocks above its mmap threshold back to the kernel, so the next call
+# faults the pages of a same-sized output in again (about 1 us per 4 KiB page: 6 ms for a 25 MB
+# output, three times the multiply itself). Which calls pay depends on the order of allocations,
+# so it ranks implementations by chance; with these settings freed memory stays in the heap.
+ALLOCATOR_ENV = {
+    "MALLOC_MMAP_THRESHOLD_": str(32 << 20),
+    "MALLOC_TRIM_THRESHOLD_": str(4 << 30),
+    "MALLOC_TOP_PAD_": str(256 << 20),
+}
+_CACHE_FLUSH = np.zeros(16 << 20, np.float32)  # 64 MB, twice this machine's last-level cache
+
+
+def evict_caches() -> None:
+    """Write 64 MB, pushing the previous call's data out of the CPU caches."""
+    np.add(_CACHE_FLUSH, 1.0, out=_CACHE_FLUSH)
+
+
+def interleaved_medians(
+    runs: dict[str, Callable[[], object]],
+    repeats: int,
+    sync: Callable[[object], object],
+    before_each: Callable[[], None] | None = None,
+) -> dict[str, float]:
+    """Median milliseconds of each run, timed in turn within every repeat (after 3 warm-up rounds)."""
+    times: dict[str, list[float]] = {name: [] for name in runs}
+    for round_ in range(3 + repeats):
+        for name, run in runs.items():
+            if before_each is not None:
+                before_each()
+            start = time.perf_counter()
+            sync(run())
+            if round_ >= 3:
+                times[name].append(time.perf_counter() - start)
+    return {name: 1e3 * statistics.median(values) for name, values in times.items()}
+
+
+def torch_peak_mb(run: Callable[[], object], device: torch.device) -> float:
+    """The most memory one call holds at once beyond what existed before it, in MB."""
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        before = torch.cuda.memory_allocated()
+        result = run()
+        torch.cuda.synchronize()
+        peak = torch.cuda.max_memory_allocated() - before
+        del result
+        return peak / 2**20
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True) as profile:
+        result = run()
+    del result
+    # Every allocation (+bytes) and free (-bytes) in time order; the running total's maximum is
+    # the peak. (The raw records: the aggregated events fold allocations into their ops.)
+    records = sorted(
+        (record.start_ns(), record.nbytes())
+        for record in profile.profiler.kineto_results.events()
+        if record.name() == "[memory]"
+    )
+    running = peak = 0
+    for _, change in records:
+        running += change
+        peak = max(peak, running)
+    return peak / 2**20
+
+
+def jax_peak_mb(compiled: jax.stages.Compiled) -> float | None:
+    memory = compiled.memory_analysis()
+    if memory is None:
+        return None
+    return (memory.temp_size_in_bytes + memory.output_size_in_bytes) / 2**20
 
 
 def _timm_drop_block_2d():
@@ -93,6 +168,7 @@ def _torchvision_drop_block():
 
 
 def jax_rows(case: Case, repeats: int, device: jax.Device) -> list[Row]:
+    sync = jax.block_until_ready
     with jax.default_device(device):
         x = jax.random.normal(jax.random.key(0), (case.shape[0], *case.shape[2:], case.shape[1]))
         key = jax.random.key(1)
@@ -107,24 +183,30 @@ def jax_rows(case: Case, repeats: int, device: jax.Device) -> list[Row]:
                 x, key, DROP_PROB, case.block_size, share_channels=True
             ),
         }
-        rows = []
-        for name, function in functions.items():
-            forward = jax.jit(function)
-            # Weighted, so that XLA cannot fold the gradient of a plain sum into a constant.
-            backward = jax.jit(jax.grad(lambda x, key, f=function: jnp.sum(f(x, key) * weights)))
-            memory = forward.lower(x, key).compile().memory_analysis()
-            temp = getattr(memory, "temp_size_in_bytes", None)
-            rows.append(
-                Row(
-                    case.name,
-                    "jax",
-                    name,
-                    median_ms(lambda f=forward: f(x, key), repeats, jax.block_until_ready),
-                    median_ms(lambda f=backward: f(x, key), repeats, jax.block_until_ready),
-                    temp_mb=None if temp is None else temp / 2**20,
-                )
-            )
-    return rows
+        forwards = {name: jax.jit(function) for name, function in functions.items()}
+        # Weighted, so that XLA cannot fold the gradient of a plain sum into a constant.
+        backwards = {
+            name: jax.jit(jax.grad(lambda x, key, f=function: jnp.sum(f(x, key) * weights)))
+            for name, function in functions.items()
+        }
+        flush = evict_caches if device.platform == "cpu" else None
+        forward_ms, backward_ms = (
+            interleaved_medians({n: (lambda f=f: f(x, key)) for n, f in jitted.items()}, repeats, sync, flush)
+            for jitted in (forwards, backwards)
+        )
+    return [
+        Row(
+            case.name,
+            "jax",
+            name,
+            forward_ms[name],
+            backward_ms[name],
+            peak_mb=jax_peak_mb(forwards[name].lower(x, key).compile()),
+            backward_peak_mb=jax_peak_mb(backwards[name].lower(x, key).compile()),
+            gb_per_s=2 * x.nbytes / forward_ms[name] / 1e6,
+        )
+        for name in functions
+    ]
 
 
 def torch_rows(case: Case, repeats: int, device: torch.device) -> list[Row]:
@@ -152,13 +234,25 @@ def torch_rows(case: Case, repeats: int, device: torch.device) -> list[Row]:
 
     old = (dropblock.DropBlock2D if dims == 2 else dropblock.DropBlock3D)(DROP_PROB, case.block_size)
     functions["dropblock 0.3.0"] = old
-    rows = []
     leaf, gradient = x.clone().requires_grad_(), torch.rand_like(x)
-    for name, function in functions.items():
-        forward_ms = median_ms(lambda f=function: f(x), repeats, sync)
-        backward_ms = median_ms(lambda f=function: f(leaf).backward(gradient), repeats, sync)
-        rows.append(Row(case.name, "torch", name, forward_ms, backward_ms))
-    return rows
+    forwards = {name: (lambda f=function: f(x)) for name, function in functions.items()}
+    backwards = {name: (lambda f=function: f(leaf).backward(gradient)) for name, function in functions.items()}
+    flush = evict_caches if device.type == "cpu" else None
+    forward_ms = interleaved_medians(forwards, repeats, sync, flush)
+    backward_ms = interleaved_medians(backwards, repeats, sync, flush)
+    return [
+        Row(
+            case.name,
+            "torch",
+            name,
+            forward_ms[name],
+            backward_ms[name],
+            peak_mb=torch_peak_mb(forwards[name], device),
+            backward_peak_mb=torch_peak_mb(backwards[name], device),
+            gb_per_s=2 * x.nbytes / forward_ms[name] / 1e6,
+        )
+        for name in functions
+    ]
 
 
 PAIRS = {
@@ -191,43 +285,74 @@ def with_ratios(rows: list[Row]) -> list[Row]:
 
 def table(rows: list[Row]) -> str:
     lines = [
-        "| shape | framework | implementation | forward ms | vs | ratio | fwd+bwd ms | ratio | temp MB |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| shape | framework | implementation | forward ms | vs | ratio | fwd+bwd ms | ratio "
+        "| peak MB fwd / fwd+bwd | GB/s |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     fmt = lambda v, spec: "" if v is None else format(v, spec)  # noqa: E731
     for r in rows:
         lines.append(
             f"| {r.case} | {r.framework} | {r.name} | {fmt(r.forward_ms, '.2f')} | {r.baseline or ''} | "
             f"{fmt(r.ratio, '.2f')} | {fmt(r.backward_ms, '.2f')} | {fmt(r.backward_ratio, '.2f')} | "
-            f"{fmt(r.temp_mb, '.1f')} |"
+            f"{fmt(r.peak_mb, '.1f')} / {fmt(r.backward_peak_mb, '.1f')} | {fmt(r.gb_per_s, '.0f')} |"
         )
     return "\n".join(lines)
 
 
+# (row, bound on the forward ratio to its baseline, the bound in words, the GPU's share of the
+# floor's bandwidth it must reach)
 TARGETS = [
-    ("dropblock_jax per-channel", 0.3, "<= 0.3x jax dropout"),
-    ("dropblock_jax shared-channel", 1.5, "<= 1.5x jitted x * s"),
-    ("dropblock_torch per-channel", 0.5, "<= 0.5x F.dropout"),
-    ("dropblock_torch shared-channel (full)", 1.0, "<= 1.0x timm drop_block_2d"),
+    ("dropblock_jax per-channel", 0.3, "<= 0.3x jax dropout", 0.7),
+    ("dropblock_jax shared-channel", 1.5, "<= 1.5x jitted x * s", 0.8),
+    ("dropblock_torch per-channel", 0.5, "<= 0.5x F.dropout", 0.7),
+    ("dropblock_torch shared-channel (full)", 1.0, "<= 1.0x timm drop_block_2d", 0.8),
 ]
+DROPOUT = {"jax": "jax dropout", "torch": "F.dropout"}
+FLOOR = "x * s (floor)"
 
 
-def targets(rows: list[Row], case: Case) -> str:
-    lines = [f"Targets on {case.name} (forward; forward+backward within 1.2x of the same ratio):", ""]
-    for name, bound, text in TARGETS:
-        row = next((r for r in rows if r.case == case.name and r.name == name), None)
+def targets(rows: list[Row], case: Case, gpu: bool = False) -> str:
+    """Each target on ``case``: the ratio (fwd+bwd within 1.2x of it), peak memory no more than
+    the framework's dropout, and on a GPU the share of the floor's (copy) bandwidth."""
+    lines = [
+        f"Targets on {case.name} (forward; forward+backward within 1.2x of the same ratio; "
+        f"peak memory no more than dropout's{'; GPU bandwidth vs the floor' if gpu else ''}):",
+        "",
+    ]
+    by_name = {(r.framework, r.name): r for r in rows if r.case == case.name}
+    for name, bound, text, bandwidth in TARGETS:
+        row = next((r for (_, n), r in by_name.items() if n == name), None)
         if row is None or row.ratio is None:
             lines.append(f"- {name}: {text}: not measured (baseline missing)")
             continue
         met = row.ratio <= bound and row.backward_ratio <= 1.2 * bound
-        lines.append(
-            f"- {name}: {text}: forward {row.ratio:.2f}x, fwd+bwd {row.backward_ratio:.2f}x vs {row.baseline} "
-            f"-> {'met' if met else 'NOT met'}"
-        )
+        line = f"- {name}: {text}: forward {row.ratio:.2f}x, fwd+bwd {row.backward_ratio:.2f}x vs {row.baseline}"
+        dropout = by_name.get((row.framework, DROPOUT[row.framework]))
+        if dropout is not None and None not in (row.peak_mb, dropout.peak_mb):
+            memory_met = row.peak_mb <= dropout.peak_mb and row.backward_peak_mb <= dropout.backward_peak_mb
+            met = met and memory_met
+            line += (
+                f"; peak {row.peak_mb:.1f} / {row.backward_peak_mb:.1f} MB vs dropout's "
+                f"{dropout.peak_mb:.1f} / {dropout.backward_peak_mb:.1f}"
+            )
+        floor = by_name.get((row.framework, FLOOR))
+        if gpu and floor is not None:
+            share = row.gb_per_s / floor.gb_per_s
+            met = met and share >= bandwidth
+            line += f"; {share:.0%} of the floor's {floor.gb_per_s:.0f} GB/s (>= {bandwidth:.0%})"
+        lines.append(f"{line} -> {'met' if met else 'NOT met'}")
     return "\n".join(lines)
 
 
+def _relaunch_with_steady_allocator(argv: list[str]) -> None:
+    """Run this command again with ``ALLOCATOR_ENV`` set (glibc reads it only at start-up)."""
+    if sys.platform != "linux" or all(os.environ.get(k) == v for k, v in ALLOCATOR_ENV.items()):
+        return
+    os.execve(sys.executable, [sys.executable, "-m", "benchmarks.bench", *argv], {**os.environ, **ALLOCATOR_ENV})
+
+
 def main(argv: list[str] | None = None) -> None:
+    _relaunch_with_steady_allocator(sys.argv[1:] if argv is None else argv)
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu", choices=("cpu", "gpu"))
     parser.add_argument("--repeats", type=int, default=20)
@@ -246,7 +371,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     print(table(rows))
     print()
-    print(targets(rows, CASES[0]))
+    print(targets(rows, CASES[0], gpu=args.device == "gpu"))
 
 
 if __name__ == "__main__":

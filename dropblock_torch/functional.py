@@ -154,15 +154,16 @@ def _like_x(out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
 def _normalized(x: torch.Tensor, keep: torch.Tensor, normalize: str, expected_drop: Rate | None, inplace: bool):
     """``x * keep * scale``, the scale as ``normalize`` says, in at least float32.
 
-    The factor ``keep * scale`` is formed at the mask's resolution (small when it is shared)
-    and multiplies ``x`` once; the JAX twin does the same operations in the same order.
+    A shared mask forms the factor ``keep * scale`` at its own (small) resolution and multiplies
+    ``x`` once, as the JAX twin does. A mask per unit multiplies ``x`` by ``keep`` and then by
+    the scale in place, so no full-size factor is allocated; since ``keep`` is 0 or 1,
+    ``(x * keep) * scale`` equals ``x * (keep * scale)`` bit for bit (signed zeros included).
     """
     compute = torch.promote_types(x.dtype, torch.float32)
     if normalize == "none":
-        factor = keep.to(x.dtype)
-    elif normalize == "expected":
+        return x.mul_(keep) if inplace else _like_x(x * keep, x)
+    if normalize == "expected":
         scale = rates.expected_rescale_array(torch.as_tensor(expected_drop, dtype=compute, device=x.device), torch)
-        factor = keep.to(compute) * scale
     else:
         # count_nonzero: several times faster than a sum over a bool tensor on the CPU.
         if normalize == "batch":
@@ -172,7 +173,12 @@ def _normalized(x: torch.Tensor, keep: torch.Tensor, normalize: str, expected_dr
             kept, total = torch.count_nonzero(keep, dim=dims).reshape(-1, *(1,) * len(dims)), keep[0].numel()
         kept = kept.to(compute)
         scale = torch.where(kept > 0, torch.tensor(total, dtype=compute, device=x.device) / kept, 0.0)
-        factor = keep.to(compute) * scale
+    if keep.shape == x.shape:
+        if inplace and x.dtype == compute:
+            return x.mul_(keep).mul_(scale)
+        out = (x.to(compute) * keep).mul_(scale).to(x.dtype)
+        return x.copy_(out) if inplace else _like_x(out, x)
+    factor = keep.to(compute) * scale
     if inplace and x.dtype == factor.dtype:
         return x.mul_(factor)
     out = (x.to(factor.dtype) * factor).to(x.dtype)

@@ -24,9 +24,38 @@ def test_benchmark_prints_a_table_with_ratios():
     } <= names
     ratios = {row.name: row.ratio for row in rows if row.framework == "jax"}
     assert ratios["dropblock_jax per-channel"] > 0 and ratios["x * s (floor)"] is None
+    # The floor allocates its output and nothing else, in both frameworks' measurements.
+    output_mb = 4 * 32 * 20 * 20 * 4 / 2**20
+    for row in rows:
+        if row.name == "x * s (floor)":
+            assert output_mb <= row.peak_mb <= 1.05 * output_mb, row
+            assert row.gb_per_s == pytest.approx(2 * output_mb * 2**20 / row.forward_ms / 1e6)
     text = bench.table(rows)
     assert text.count("\n") == len(rows) + 1 and "dropblock_torch per-channel" in text
-    assert "Targets on" in bench.targets(rows, small)
+    targets = bench.targets(rows, small, gpu=True)
+    assert targets.count(" -> ") == 4 and "peak" in targets and "of the floor's" in targets
+
+
+def test_interleaved_medians_time_every_run_in_turn():
+    from benchmarks import bench
+
+    calls = []
+    medians = bench.interleaved_medians(
+        {"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, repeats=5, sync=lambda _: None
+    )
+    assert calls == ["a", "b"] * 8 and set(medians) == {"a", "b"}
+    assert all(value >= 0 for value in medians.values())
+
+
+def test_torch_peak_memory_sees_a_temporary_that_is_freed():
+    import torch
+
+    from benchmarks import bench
+
+    x = torch.ones(1 << 20)  # 4 MB
+    # (x * 2) is a temporary freed before the call returns; the result (another 4 MB) is held.
+    peak = bench.torch_peak_mb(lambda: (x * 2) + 1, torch.device("cpu"))
+    assert 7.9 < peak < 8.1
 
 
 def test_benchmark_command_line_help():

@@ -62,9 +62,11 @@ PACKED_CASES = [
 ]
 
 
-@pytest.mark.parametrize("shape, block_size", PACKED_CASES)
+@pytest.mark.parametrize(
+    "shape, block_size, channel_axis",
+    [(*case, -1) for case in PACKED_CASES] + [(*case, 1) for case in PACKED_CASES[::2]],
+)
 @pytest.mark.parametrize("seed_region", ["valid", "full"])
-@pytest.mark.parametrize("channel_axis", [-1, 1])
 def test_packed_masks_equal_the_reference_dilation(shape, block_size, seed_region, channel_axis):
     dims = len(shape) - 2
     spatial = shape[1:-1]
@@ -88,16 +90,18 @@ def test_packed_masks_equal_the_reference_dilation(shape, block_size, seed_regio
 
 
 @pytest.mark.parametrize("channel_axis", [-1, 1])
-@pytest.mark.parametrize("drop_prob", [0.1, 0.5])
-def test_dropblock_equals_apply_seeds_of_sample_seeds_with_the_same_key(channel_axis, drop_prob):
-    # 2 * 64 * 64 * 32 seed positions: at drop_prob 0.1 the sparse sampler runs, at 0.5 the dense one.
-    shape = (2, 70, 70, 32) if channel_axis == -1 else (2, 32, 70, 70)
+@pytest.mark.parametrize("drop_prob, block_size, sparse", [(0.1, 7, True), (0.9, 3, False)])
+def test_dropblock_equals_apply_seeds_of_sample_seeds_with_the_same_key(channel_axis, drop_prob, block_size, sparse):
+    shape = (2, 40, 40, 32) if channel_axis == -1 else (2, 32, 40, 40)
+    grid_size = 2 * 32 * (41 - block_size) ** 2
+    gamma = dj.seed_rate((40, 40), drop_prob, block_size)
+    assert (dj.sampling.seed_budget(grid_size, gamma) is not None) == sparse
     x = jax.random.uniform(jax.random.key(0), shape, jnp.float32, 0.5, 1.5)
     key = jax.random.key(3)
-    seeds = dj.sample_seeds(key, shape, drop_prob, 7, channel_axis=channel_axis)
-    expected = dj.apply_seeds(x, seeds, 7, channel_axis=channel_axis)
-    np.testing.assert_array_equal(dj.dropblock(x, key, drop_prob, 7, channel_axis=channel_axis), expected)
-    assert 0 < float(seeds.mean()) < 0.1
+    seeds = dj.sample_seeds(key, shape, drop_prob, block_size, channel_axis=channel_axis)
+    expected = dj.apply_seeds(x, seeds, block_size, channel_axis=channel_axis)
+    np.testing.assert_array_equal(dj.dropblock(x, key, drop_prob, block_size, channel_axis=channel_axis), expected)
+    assert abs(float(seeds.mean()) - gamma) < 5 * np.sqrt(gamma / grid_size)
 
 
 def test_sparse_and_dense_packed_seeds_have_the_seed_rate():

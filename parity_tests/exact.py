@@ -97,8 +97,14 @@ def _seed_grid(config: ExactConfig, rng: np.random.Generator) -> np.ndarray:
 
 
 def _ulps(a: np.ndarray, b: np.ndarray, mantissa_bits: int) -> float:
-    """The largest difference between ``a`` and ``b`` in units in the last place of their dtype."""
+    """The largest difference between ``a`` and ``b`` in units in the last place of their dtype.
+
+    Zeros of opposite sign count as infinitely far apart: the twins do the same operations, so
+    even the sign of a dropped unit's zero must agree.
+    """
     a, b = a.astype(np.float64), b.astype(np.float64)
+    if np.any((a == 0) & (b == 0) & (np.signbit(a) != np.signbit(b))):
+        return float("inf")
     magnitude = np.maximum(np.abs(a), np.abs(b))
     spacing = np.where(magnitude > 0, 2.0 ** (np.floor(np.log2(np.maximum(magnitude, 1e-300))) - mantissa_bits), 1.0)
     return float(np.max(np.abs(a - b) / spacing, initial=0.0))

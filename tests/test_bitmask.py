@@ -118,3 +118,17 @@ def test_sparse_and_dense_packed_seeds_have_the_seed_rate():
         per_channel = seeds.reshape(-1, 32).sum(axis=0)
         n = size // 32
         assert np.all(np.abs(per_channel - n * gamma) < 5 * np.sqrt(n * gamma * (1 - gamma)))
+
+
+def test_packed_path_under_vmap_and_grad():
+    x = jax.random.uniform(jax.random.key(0), (2, 12, 12, 16), jnp.float32, 0.5, 1.5)
+    assert bitmask.packing(x.shape, -1).bits == 16
+    keys = jax.random.split(jax.random.key(1), 4)
+    batched = jax.vmap(lambda k: dj.dropblock(x, k, 0.3, 3))(keys)
+    for i in range(4):
+        np.testing.assert_array_equal(batched[i], dj.dropblock(x, keys[i], 0.3, 3))
+    # out = x * keep * scale, so the gradient of its sum is keep * scale = out / x.
+    out = dj.dropblock(x, keys[0], 0.3, 3)
+    gradient = jax.grad(lambda x: jnp.sum(dj.dropblock(x, keys[0], 0.3, 3)))(x)
+    np.testing.assert_allclose(gradient, out / x, rtol=1e-6)
+    assert 0.1 < float((out == 0).mean()) < 0.5

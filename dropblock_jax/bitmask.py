@@ -89,7 +89,16 @@ def pack_flat(flags: jax.Array, packing: Packing) -> jax.Array:
 
 
 def pack(grid: jax.Array, packing: Packing) -> jax.Array:
-    """A boolean grid as words of ``packing.words_shape(grid.shape)``."""
+    """A boolean grid as words of ``packing.words_shape(grid.shape)``.
+
+    Examples:
+      >>> grid = jnp.zeros((1, 2, 8), bool).at[0, 1, 2].set(True).at[0, 1, 7].set(True)
+      >>> words = pack(grid, packing(grid.shape, -1))
+      >>> words.dtype, [int(w) for w in words.reshape(-1)]
+      (dtype('uint8'), [0, 132])
+      >>> bool((unpack(words, packing(grid.shape, -1)) == grid).all())
+      True
+    """
     if packing.bits == 1:
         return grid.astype(packing.dtype)
     axis, shape = packing.axis, grid.shape
@@ -120,7 +129,15 @@ def dilate(
     paddings: Sequence[tuple[int, int]],
     block: Sequence[int],
 ) -> jax.Array:
-    """A windowed OR of ``block`` along each of ``axes``, padded by ``paddings``: the block expansion."""
+    """A windowed OR of ``block`` along each of ``axes``, padded by ``paddings``: the block expansion.
+
+    Examples:
+      >>> seeds = jnp.zeros((1, 3, 8), bool).at[0, 1, 0].set(True)  # one seed, in channel 0
+      >>> layout = packing(seeds.shape, -1)
+      >>> dropped = dilate(pack(seeds, layout), layout, axes=[1], paddings=[(1, 1)], block=[2])
+      >>> unpack(dropped, layout)[0, :, 0].tolist()  # valid region, k=2: a seed at j drops j, j + 1
+      [False, True, True, False]
+    """
     ndim = words.ndim
     zero = np.zeros((), packing.dtype)
     for axis, (low, high), size in zip(axes, paddings, block, strict=True):

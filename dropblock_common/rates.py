@@ -68,7 +68,18 @@ class RateTable(NamedTuple):
 # building it costs about 100 us of numpy, a third of a small layer's whole DropBlock. A plain
 # dict, not functools.lru_cache: torch.compile warns about tracing through the latter.
 _RATE_TABLES: dict[tuple[tuple[int, ...], tuple[int, ...], str], RateTable] = {}
-_RATE_TABLES_MAX = 4096
+_REMEMBERED_MAX = 4096
+
+
+def _remembered(cache: dict, key: tuple, work_out: Callable[[], Any]) -> Any:
+    """``cache[key]``, worked out by ``work_out()`` the first time (a full cache starts over)."""
+    value = cache.get(key)
+    if value is None:
+        value = work_out()
+        if len(cache) >= _REMEMBERED_MAX:
+            cache.clear()
+        cache[key] = value
+    return value
 
 
 def rate_table(spatial_shape: Sequence[int], block_size: Sequence[int], seed_region: str) -> RateTable:
@@ -82,16 +93,15 @@ def rate_table(spatial_shape: Sequence[int], block_size: Sequence[int], seed_reg
       >>> table.counts, table.weights
       ((1, 2), (0.5, 0.5))
     """
-    key = (tuple(int(size) for size in spatial_shape), tuple(int(block) for block in block_size), seed_region)
-    table = _RATE_TABLES.get(key)
-    if table is None:
-        counts, weights = coverage.coverage_histogram(key[0], key[1], seed_region)
-        factor = uncalibrated_rate_factor(key[0], key[1])
-        table = RateTable(float(factor), tuple(counts.tolist()), tuple(weights.tolist()))
-        if len(_RATE_TABLES) >= _RATE_TABLES_MAX:
-            _RATE_TABLES.clear()
-        _RATE_TABLES[key] = table
-    return table
+    shape = tuple(int(size) for size in spatial_shape)
+    block = tuple(int(size) for size in block_size)
+
+    def work_out() -> RateTable:
+        counts, weights = coverage.coverage_histogram(shape, block, seed_region)
+        factor = uncalibrated_rate_factor(shape, block)
+        return RateTable(float(factor), tuple(counts.tolist()), tuple(weights.tolist()))
+
+    return _remembered(_RATE_TABLES, (shape, block, seed_region), work_out)
 
 
 def dropped_fraction_array(gamma: Any, counts: Any, weights: Any, xp: Any) -> Any:
@@ -252,20 +262,17 @@ def float32_rates(
 
     Worked out in float64, rounded to float32 (the twins compute in float32, so both use the
     same numbers), remembered per argument set: eager calls with a fixed rate pay for them once.
-    Arguments are validated (effective ``block``, checked ``seed_region`` and ``drop_prob``).
+    ``block`` must already be the effective block; ``drop_prob`` and ``seed_region`` are checked.
 
     Examples:
       >>> gamma, expected = float32_rates((28, 28), (7, 7), 0.1, "valid", False)
       >>> gamma == float(np.float32(seed_rate((28, 28), 0.1, 7)))
       True
     """
-    key = (spatial_shape, block, drop_prob, seed_region, calibrate)
-    result = _FLOAT32_RATES.get(key)
-    if result is None:
+
+    def work_out() -> tuple[float, float]:
         gamma = seed_rate(spatial_shape, drop_prob, block, seed_region=seed_region, calibrate=calibrate)
         expected = expected_drop_fraction(spatial_shape, block, gamma, seed_region=seed_region)
-        result = (float(np.float32(gamma)), float(np.float32(expected)))
-        if len(_FLOAT32_RATES) >= _RATE_TABLES_MAX:
-            _FLOAT32_RATES.clear()
-        _FLOAT32_RATES[key] = result
-    return result
+        return float(np.float32(gamma)), float(np.float32(expected))
+
+    return _remembered(_FLOAT32_RATES, (spatial_shape, block, drop_prob, seed_region, calibrate), work_out)

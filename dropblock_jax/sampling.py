@@ -100,7 +100,7 @@ def bernoulli_words(
       key: a JAX PRNG key.
       gamma: the seed rate, a (possibly traced) float32 scalar in [0, 1].
       shape: the seed grid's shape.
-      packing: how the grid is stored (``packing.packing``); positions are drawn in packed order.
+      packing: how the grid is stored (``bitmask.packing``); positions are drawn in packed order.
       budget: from ``seed_budget``; None draws one uniform per position.
 
     Returns:

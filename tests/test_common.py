@@ -147,3 +147,16 @@ def test_seed_rate_array_is_the_float_api_in_numpy():
     for calibrate in (False, True):
         array = rates.seed_rate_array(np.float64(0.2), rates.rate_table((10, 12), (3, 4), "full"), calibrate, np)
         assert float(array) == seed_rate((10, 12), 0.2, (3, 4), seed_region="full", calibrate=calibrate)
+
+
+def test_remembered_rates_are_the_ones_worked_out_afresh():
+    from dropblock_common import rates
+
+    first = rates.rate_table((28, 28), (7, 7), "full")
+    assert rates.rate_table([28, 28], [7, 7], "full") is first  # remembered, whatever the sequence type
+    rates._RATE_TABLES.clear()
+    assert rates.rate_table((28, 28), (7, 7), "full") == first
+    gamma, expected = rates.float32_rates((14, 14), (4, 4), 0.2, "valid", True)
+    assert rates.float32_rates((14, 14), (4, 4), 0.2, "valid", True) == (gamma, expected)
+    assert expected == float(np.float32(0.2))  # calibrated: the expected drop is drop_prob
+    assert gamma == float(np.float32(rates.seed_rate((14, 14), 0.2, 4, calibrate=True)))

@@ -161,9 +161,13 @@ def expected_drop_fraction_array(gamma: Any, table: RateTable, xp: Any, asarray:
 
 
 def expected_rescale_array(expected_drop: Any, xp: Any) -> Any:
-    """``1 / (1 - expected_drop)``, and 0 when everything is expected to drop (never inf)."""
+    """``1 / (1 - expected_drop)``, 0 when everything is expected to drop (never inf), NaN for NaN.
+
+    No division by zero is ever evaluated, so ``checkify``'s float checks stay quiet.
+    """
     kept = 1 - expected_drop
-    return xp.where(kept > 0, 1 / xp.where(kept > 0, kept, 1), 0.0)
+    everything = kept <= 0  # False for NaN, which then propagates
+    return xp.where(everything, 0.0, 1 / xp.where(everything, 1, kept))
 
 
 def _effective(

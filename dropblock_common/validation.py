@@ -15,15 +15,67 @@ SEED_REGIONS = ("valid", "full")
 NORMALIZE_MODES = ("batch", "sample", "expected", "none")
 
 
-def spatial_dims(shape: Sequence[int], *, name: str = "x") -> int:
-    """Number of spatial dimensions of a ``(N, *spatial, C)`` or ``(N, C, *spatial)`` shape.
+def check_spatial_dims(spatial_dims: object) -> int | None:
+    """``spatial_dims`` if it is None or an int in {1, 2, 3}.
+
+    Raises:
+      ValueError: naming the argument and its value.
+
+    Examples:
+      >>> check_spatial_dims(2), check_spatial_dims(None)
+      (2, None)
+    """
+    if spatial_dims is None:
+        return None
+    if isinstance(spatial_dims, bool) or not isinstance(spatial_dims, numbers.Integral) or not 1 <= spatial_dims <= 3:
+        raise ValueError(f"spatial_dims must be None, 1, 2 or 3 (the number of spatial dimensions), got {spatial_dims=!r}.")
+    return int(spatial_dims)
+
+
+def input_rank(shape: Sequence[int], spatial_dims: int | None = None, *, name: str = "x") -> tuple[int, bool]:
+    """The number of spatial dimensions of an input, and whether it is a batch.
+
+    Without ``spatial_dims`` an input is a batch ``(N, *spatial, C)`` or ``(N, C, *spatial)`` with
+    1 to 3 spatial dims. With it, rank ``spatial_dims + 2`` is a batch and rank
+    ``spatial_dims + 1`` is one unbatched example (``(*spatial, C)`` or ``(C, *spatial)``, what
+    ``jax.vmap`` and ``torch.func.vmap`` over examples see), never a batch of lower dimension.
 
     Args:
-      shape: the full shape, batch and channel axes included.
+      shape: the full shape of the input.
+      spatial_dims: None, or the number of spatial dimensions (1 to 3).
       name: the argument's name, for the error message.
 
     Returns:
-      ``len(shape) - 2``, which is 1, 2 or 3.
+      ``(dims, batched)``.
+
+    Raises:
+      ValueError: for a rank that does not fit, naming ``name`` and ``spatial_dims``.
+
+    Examples:
+      >>> input_rank((8, 32, 32, 3)), input_rank((32, 32, 3), spatial_dims=2)
+      ((2, True), (2, False))
+    """
+    ndim = len(shape)
+    spatial_dims = check_spatial_dims(spatial_dims)
+    if spatial_dims is None:
+        if not 3 <= ndim <= 5:
+            raise ValueError(
+                f"{name} must have 3, 4 or 5 dimensions (batch, 1 to 3 spatial, channel), got {name}.ndim={ndim} "
+                f"with shape {tuple(shape)}. For one unbatched example pass spatial_dims=..."
+            )
+        return ndim - 2, True
+    if ndim == spatial_dims + 2:
+        return spatial_dims, True
+    if ndim == spatial_dims + 1:
+        return spatial_dims, False
+    raise ValueError(
+        f"{name} must have {spatial_dims + 2} dimensions (a batch) or {spatial_dims + 1} (one example) "
+        f"for {spatial_dims=}, got {name}.ndim={ndim} with shape {tuple(shape)}."
+    )
+
+
+def spatial_dims(shape: Sequence[int], *, name: str = "x") -> int:
+    """Number of spatial dimensions of a batched ``(N, *spatial, C)`` or ``(N, C, *spatial)`` shape.
 
     Raises:
       ValueError: if the shape does not have 3 to 5 dimensions.
@@ -32,13 +84,7 @@ def spatial_dims(shape: Sequence[int], *, name: str = "x") -> int:
       >>> spatial_dims((8, 32, 32, 3))
       2
     """
-    ndim = len(shape)
-    if not 3 <= ndim <= 5:
-        raise ValueError(
-            f"{name} must have 3, 4 or 5 dimensions (batch, 1 to 3 spatial, channel), "
-            f"got {name}.ndim={ndim} with shape {tuple(shape)}."
-        )
-    return ndim - 2
+    return input_rank(shape, name=name)[0]
 
 
 def channel_axis_index(channel_axis: int, ndim: int) -> int:
@@ -143,11 +189,18 @@ def effective_block_size(spatial_shape: Sequence[int], block_size: Sequence[int]
     return tuple(min(block, size) for block, size in zip(block_size, spatial_shape, strict=True))
 
 
-def drop_prob_value(drop_prob: object) -> float:
+def _is_boolean(value: object) -> bool:
+    dtype = getattr(value, "dtype", None)
+    return isinstance(value, bool) or (dtype is not None and str(dtype) in ("bool", "torch.bool"))
+
+
+def drop_prob_value(drop_prob: object, name: str = "drop_prob") -> float:
     """A concrete ``drop_prob`` as a float in [0, 1].
 
     Args:
-      drop_prob: a Python number, or anything ``float()`` accepts (a 0-d array).
+      drop_prob: a real number: a Python int or float, a numpy scalar or a 0-d array of a
+        real dtype (booleans and strings are refused: ``True`` is not a rate).
+      name: the argument's name, for the error message.
 
     Returns:
       ``float(drop_prob)``.
@@ -160,18 +213,48 @@ def drop_prob_value(drop_prob: object) -> float:
       >>> drop_prob_value(0.1)
       0.1
     """
-    if isinstance(drop_prob, bool):
-        raise TypeError(f"drop_prob must be a real number in [0, 1], got {drop_prob=!r}.")
+    if _is_boolean(drop_prob) or isinstance(drop_prob, str | bytes):
+        raise TypeError(f"{name} must be a real number in [0, 1], got {name}={drop_prob!r}.")
     try:
         value = float(drop_prob)  # type: ignore[arg-type]
     except (TypeError, ValueError):
-        raise TypeError(f"drop_prob must be a real number in [0, 1], got {drop_prob=!r}.") from None
-    if math.isnan(value) or not 0.0 <= value <= 1.0:
+        raise TypeError(f"{name} must be a real number in [0, 1], got {name}={drop_prob!r}.") from None
+    if value != value or not 0.0 <= value <= 1.0:  # NaN fails both
         raise ValueError(
-            f"drop_prob must be in [0, 1] (the fraction of units to drop, not the keep "
-            f"probability), got drop_prob={value!r}."
+            f"{name} must be in [0, 1] (the fraction of units to drop, not the keep probability), got {name}={value!r}."
         )
     return value
+
+
+def expected_drop_value(expected_drop: object) -> float:
+    """A concrete ``expected_drop`` (the expected dropped fraction) as a float in [0, 1).
+
+    Raises:
+      ValueError, TypeError: naming the argument; 1 or more would scale the kept units by infinity.
+
+    Examples:
+      >>> expected_drop_value(0.25)
+      0.25
+    """
+    value = drop_prob_value(expected_drop, "expected_drop")
+    if value >= 1.0:
+        raise ValueError(f"expected_drop must be in [0, 1) (1 leaves nothing to rescale), got {expected_drop=!r}.")
+    return value
+
+
+def check_flag(value: object, name: str) -> bool:
+    """``value`` if it is a bool (Python or numpy); anything else would be read by its truthiness.
+
+    Raises:
+      TypeError: naming the argument, e.g. for the string ``"False"``.
+
+    Examples:
+      >>> check_flag(False, "calibrate")
+      False
+    """
+    if isinstance(value, bool) or type(value).__name__ == "bool_":
+        return bool(value)
+    raise TypeError(f"{name} must be True or False, got {name}={value!r}.")
 
 
 def check_choice(value: object, name: str, choices: Sequence[str]) -> str:
@@ -189,38 +272,59 @@ def check_choice(value: object, name: str, choices: Sequence[str]) -> str:
     return value
 
 
-def check_options(seed_region: str, normalize: str | None = None) -> None:
-    """Check ``seed_region`` and, if given, ``normalize`` against their choices.
-
-    Examples:
-      >>> check_options("full", "sample")
-    """
-    check_choice(seed_region, "seed_region", SEED_REGIONS)
-    if normalize is not None:
-        check_choice(normalize, "normalize", NORMALIZE_MODES)
+_NOT_TAKEN = object()
 
 
-def check_module_options(
-    block_size: int | Sequence[int], seed_region: str, normalize: str, channel_axis: int | None = None
-) -> None:
-    """Validate a layer's static options at construction, before any input is seen.
+def check_options(seed_region: object, normalize: object = _NOT_TAKEN, **flags: object) -> None:
+    """Check ``seed_region``, ``normalize`` (unless the caller takes none) and boolean options.
 
-    The rank of the input is not known yet: an int ``block_size`` fits any rank, a sequence
-    fixes the number of spatial dimensions to its length.
+    Args:
+      seed_region: one of ``SEED_REGIONS``.
+      normalize: one of ``NORMALIZE_MODES`` (``None`` is refused: it would hide a typo); leave
+        it out where the function takes no ``normalize`` (``sample_seeds``).
+      **flags: boolean options by name (``calibrate=...``), each must be a bool.
 
     Raises:
       ValueError, TypeError: naming the argument and its value.
 
     Examples:
-      >>> check_module_options((3, 5), "valid", "batch", channel_axis=-1)
+      >>> check_options("full", "sample", calibrate=False)
     """
-    dims = len(block_size) if isinstance(block_size, Sequence) else 1
+    check_choice(seed_region, "seed_region", SEED_REGIONS)
+    if normalize is not _NOT_TAKEN:
+        check_choice(normalize, "normalize", NORMALIZE_MODES)
+    for name, value in flags.items():
+        check_flag(value, name)
+
+
+def check_module_options(
+    block_size: int | Sequence[int],
+    seed_region: object,
+    normalize: object,
+    channel_axis: int | None = None,
+    spatial_dims: int | None = None,
+    **flags: object,
+) -> None:
+    """Validate a layer's static options at construction, before any input is seen.
+
+    The rank of the input is not known yet: an int ``block_size`` fits any rank, a sequence
+    fixes the number of spatial dimensions to its length (which must then equal
+    ``spatial_dims`` if that is given).
+
+    Raises:
+      ValueError, TypeError: naming the argument and its value.
+
+    Examples:
+      >>> check_module_options((3, 5), "valid", "batch", channel_axis=-1, calibrate=False)
+    """
+    spatial_dims = check_spatial_dims(spatial_dims)
+    dims = len(block_size) if isinstance(block_size, Sequence) else (spatial_dims or 1)
     if not 1 <= dims <= 3:
         raise ValueError(f"block_size must be an int or 1 to 3 ints, got {block_size=!r}.")
-    block_size_tuple(block_size, dims)
-    if channel_axis is not None and channel_axis not in (1, -1):
+    block_size_tuple(block_size, spatial_dims or dims)
+    if channel_axis is not None and (isinstance(channel_axis, bool) or channel_axis not in (1, -1)):
         raise ValueError(f"channel_axis must be 1 (channels first) or -1 (channels last), got {channel_axis=!r}.")
-    check_options(seed_region, normalize)
+    check_options(seed_region, normalize, **flags)
 
 
 def rate_or_schedule(drop_prob: object) -> object:

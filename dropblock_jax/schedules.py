@@ -2,7 +2,8 @@
 
 The paper (Ghiasi, Lin, Le, 2018, arXiv:1810.12890) ramps ``drop_prob`` linearly from 0 over
 training. A schedule here is any callable ``step -> drop_prob``, so every optax schedule
-(``optax.linear_schedule``, ``optax.join_schedules``, ...) works as one too.
+(``optax.linear_schedule``, ``optax.join_schedules``, ...) works as one too. The two given here
+are small picklable objects: a model that holds one pickles and deep-copies.
 """
 
 from __future__ import annotations
@@ -12,16 +13,25 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 
-from dropblock_common import schedules, validation
+from dropblock_common import schedules
 
 Schedule = Callable[[jax.typing.ArrayLike], jax.typing.ArrayLike]
+
+
+class _Schedule(schedules.Schedule):
+    """A schedule of ``dropblock_common.schedules`` evaluated in ``jax.numpy`` (float32)."""
+
+    def __call__(self, step: jax.typing.ArrayLike) -> jax.Array:
+        step = jnp.asarray(schedules.bounded_step(step, self.numbers.last_step))
+        return jnp.asarray(self.numbers.value(step, jnp), jnp.float32)
 
 
 def linear(start_value: float, stop_value: float, nr_steps: int) -> Schedule:
     """``numpy.linspace(start_value, stop_value, nr_steps)[min(step, nr_steps - 1)]`` at ``step``.
 
     The values the ``dropblock`` 0.3.0 package's ``LinearScheduler`` gives after
-    ``step + 1`` calls of its ``step()``.
+    ``step + 1`` calls of its ``step()``. Worked out in float32 (JAX's default), so a value
+    may be 1 float32 ulp from ``numpy.linspace``'s float64 one rounded to float32.
 
     Args:
       start_value: ``drop_prob`` at step 0, in [0, 1].
@@ -39,24 +49,28 @@ def linear(start_value: float, stop_value: float, nr_steps: int) -> Schedule:
       >>> [round(float(schedule(t)), 3) for t in (0, 2, 4, 100)]
       [0.0, 0.05, 0.1, 0.1]
     """
-    start, stop, steps = schedules.linear_arguments(start_value, stop_value, nr_steps)
-
-    def schedule(step: jax.typing.ArrayLike) -> jax.Array:
-        return jnp.asarray(schedules.linear_value(jnp.asarray(step), start, stop, steps, jnp), jnp.float32)
-
-    return schedule
+    return _Schedule(schedules.Linear.of(start_value, stop_value, nr_steps))
 
 
 def ramp(drop_prob: float, total_steps: int) -> Schedule:
-    """The paper's schedule: 0 at step 0, rising linearly to ``drop_prob``, then constant.
+    """The authors' schedule: ``drop_prob * min(step, total_steps) / total_steps``.
 
-    ``linear(0.0, drop_prob, total_steps)``: ``drop_prob`` is reached at step
-    ``total_steps - 1`` and kept from there on.
+    0 at step 0, rising linearly to ``drop_prob`` at step ``total_steps``, then constant (the
+    authors' TensorFlow code scales ``drop_prob`` by ``current_step / train_steps``).
+
+    Args:
+      drop_prob: the final ``drop_prob``, in [0, 1].
+      total_steps: the length of the ramp in steps, a positive integer.
+
+    Returns:
+      A jit-safe schedule ``step -> drop_prob`` (a float32 scalar).
+
+    Raises:
+      ValueError: for a bad ``drop_prob`` or ``total_steps``, naming it.
 
     Examples:
-      >>> schedule = ramp(0.1, 11)
-      >>> [round(float(schedule(t)), 3) for t in (0, 5, 10, 50)]
+      >>> schedule = ramp(0.1, 100)
+      >>> [round(float(schedule(t)), 3) for t in (0, 50, 100, 10**12)]
       [0.0, 0.05, 0.1, 0.1]
     """
-    drop_prob = validation.drop_prob_value(drop_prob)
-    return linear(0.0, drop_prob, schedules.step_count(total_steps, "total_steps"))
+    return _Schedule(schedules.Ramp.of(drop_prob, total_steps))

@@ -184,5 +184,6 @@ class Schedule:
         return hash((type(self), self.numbers))
 
     def __repr__(self) -> str:
-        fields = ", ".join(f"{field.name}={getattr(self.numbers, field.name)!r}" for field in dataclasses.fields(self.numbers))
+        numbers = self.numbers
+        fields = ", ".join(f"{field.name}={getattr(numbers, field.name)!r}" for field in dataclasses.fields(numbers))
         return f"{type(self.numbers).__name__.lower()}({fields})"

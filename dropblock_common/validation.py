@@ -7,7 +7,6 @@ obvious.
 
 from __future__ import annotations
 
-import math
 import numbers
 from collections.abc import Sequence
 
@@ -28,7 +27,7 @@ def check_spatial_dims(spatial_dims: object) -> int | None:
     if spatial_dims is None:
         return None
     if isinstance(spatial_dims, bool) or not isinstance(spatial_dims, numbers.Integral) or not 1 <= spatial_dims <= 3:
-        raise ValueError(f"spatial_dims must be None, 1, 2 or 3 (the number of spatial dimensions), got {spatial_dims=!r}.")
+        raise ValueError(f"spatial_dims must be None, 1, 2 or 3 (how many dims are spatial), got {spatial_dims=!r}.")
     return int(spatial_dims)
 
 
@@ -153,8 +152,8 @@ def block_size_tuple(block_size: int | Sequence[int], dims: int) -> tuple[int, .
     for size in sizes:
         if isinstance(size, bool) or not isinstance(size, numbers.Integral):
             raise TypeError(
-                f"block_size must hold Python ints, got {block_size=!r}. It is static: "
-                "under jax.jit pass it with static_argnames=('block_size',)."
+                f"block_size must hold Python ints, got {block_size=!r}. It is static (it fixes the "
+                "shapes): pass a plain int, not an array, a tensor or a traced value."
             )
         if size < 1:
             raise ValueError(f"block_size must be at least 1 in every dimension, got {block_size=!r}.")
@@ -236,8 +235,11 @@ def expected_drop_value(expected_drop: object) -> float:
       >>> expected_drop_value(0.25)
       0.25
     """
-    value = drop_prob_value(expected_drop, "expected_drop")
-    if value >= 1.0:
+    try:
+        value = drop_prob_value(expected_drop, "expected_drop")
+    except ValueError:  # outside [0, 1] or NaN: say [0, 1) instead
+        value = None
+    if value is None or value >= 1.0:
         raise ValueError(f"expected_drop must be in [0, 1) (1 leaves nothing to rescale), got {expected_drop=!r}.")
     return value
 

@@ -7,7 +7,7 @@ deterministic halves; ``DropBlock1d``/``2d``/``3d`` the layers; ``LinearSchedule
 
 from dropblock_common.rates import expected_drop_fraction, seed_rate
 from dropblock_torch.functional import apply_seeds, drop_block, sample_seeds
-from dropblock_torch.modules import DropBlock1d, DropBlock2d, DropBlock3d, LinearScheduler
+from dropblock_torch.modules import DropBlock1d, DropBlock2d, DropBlock3d, LinearScheduler, set_step
 
 __all__ = [
     "DropBlock1d",
@@ -19,4 +19,5 @@ __all__ = [
     "expected_drop_fraction",
     "sample_seeds",
     "seed_rate",
+    "set_step",
 ]

@@ -12,8 +12,9 @@ overridable hooks ``_compute_gamma(x)`` and ``_compute_block_mask(mask)`` are ca
 Fixed where 0.3.0 is broken: everything dropped gives zeros (0.3.0: NaN); float16 and
 bfloat16 inputs give outputs of the same dtype (0.3.0: float32); the mask is drawn on
 ``x.device`` (0.3.0: on the CPU, then copied); ``LinearScheduler`` accepts a float
-``nr_steps`` such as ``5e3`` (0.3.0: TypeError) and keeps its step count ``i`` in
-``state_dict`` (0.3.0: lost on resume; checkpoints without it still load).
+``nr_steps`` such as ``5e3`` (0.3.0: TypeError) and keeps its step count ``i`` (an int, as
+in 0.3.0) in ``state_dict`` (0.3.0: lost on resume; checkpoints without it still load); an
+inf or NaN in ``x`` becomes 0 where it is dropped (0.3.0: NaN).
 """
 
 from __future__ import annotations
@@ -63,7 +64,8 @@ class DropBlock2D(nn.Module):
         mask = (torch.rand(x.shape[0], *x.shape[2:], device=x.device) < gamma).float()
         block_mask = self._compute_block_mask(mask)
         compute = torch.promote_types(x.dtype, torch.float32)
-        out = x.to(compute) * block_mask[:, None]
+        # Zeros written, not multiplied in: an inf or NaN in x becomes 0 where it is dropped.
+        out = x.to(compute).masked_fill((block_mask == 0)[:, None], 0)
         kept = block_mask.sum()
         # 0.3.0's order of operations, so that float32/float64 results are bit-identical;
         # the where turns its 0/0 (everything dropped) into 0.
@@ -102,14 +104,15 @@ class LinearScheduler(nn.Module):
     """Ramps ``dropblock.drop_prob`` over ``numpy.linspace(start_value, stop_value, nr_steps)``.
 
     Each ``step()`` sets the next value (then keeps the last); ``forward`` calls the wrapped
-    layer. The step count ``i`` is a buffer, saved in ``state_dict``.
+    layer. The step count ``i`` is a plain int, as in 0.3.0 (``scheduler.i = 3`` works), and is
+    saved in ``state_dict`` (0.3.0 loses it on resume; its checkpoints still load).
 
     Examples:
       >>> scheduler = LinearScheduler(DropBlock2D(0.0, 3), start_value=0.0, stop_value=0.1, nr_steps=5e3)
       >>> scheduler.step()
       >>> scheduler.step()
-      >>> float(scheduler.dropblock.drop_prob) == float(np.linspace(0.0, 0.1, 5000)[1])
-      True
+      >>> float(scheduler.dropblock.drop_prob) == float(np.linspace(0.0, 0.1, 5000)[1]), scheduler.i
+      (True, 2)
     """
 
     def __init__(self, dropblock: nn.Module, start_value: float, stop_value: float, nr_steps: float) -> None:
@@ -117,22 +120,30 @@ class LinearScheduler(nn.Module):
         self.dropblock = dropblock
         start, stop, steps = schedule_math.linear_arguments(start_value, stop_value, nr_steps)
         self.drop_values = np.linspace(start=start, stop=stop, num=steps)
-        self.register_buffer("i", torch.zeros((), dtype=torch.int64))
+        self.i = 0
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.dropblock(x)
 
     def step(self) -> None:
         """Set the next ``drop_prob`` of the ramp (the last one once the ramp is over)."""
-        index = int(self.i)
-        if index < len(self.drop_values):
-            self.dropblock.drop_prob = self.drop_values[index]
-        self.i.add_(1)
+        if self.i < len(self.drop_values):
+            self.dropblock.drop_prob = self.drop_values[self.i]
+        self.i += 1
+
+    def get_extra_state(self) -> dict[str, int]:
+        return {"i": int(self.i)}
+
+    def set_extra_state(self, state: dict[str, int]) -> None:
+        self.i = int(state["i"])
+        # Resume at the rate the last step() had set.
+        if self.i > 0:
+            self.dropblock.drop_prob = self.drop_values[min(self.i, len(self.drop_values)) - 1]
 
     def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any) -> None:
-        # Checkpoints written with dropblock 0.3.0 have no step count: keep the current one.
-        state_dict.setdefault(prefix + "i", self.i.clone())
+        # Earlier checkpoints of this class kept ``i`` as a tensor; dropblock 0.3.0's have no step
+        # count at all (then the current one is kept).
+        legacy = state_dict.pop(prefix + "i", None)
+        default = {"i": int(legacy)} if legacy is not None else self.get_extra_state()
+        state_dict.setdefault(prefix + "_extra_state", default)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
-        # Resume at the rate the last step() had set.
-        if int(self.i) > 0:
-            self.dropblock.drop_prob = self.drop_values[min(int(self.i), len(self.drop_values)) - 1]

@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import numbers
+import operator
 from collections.abc import Sequence
 
 import numpy as np
@@ -29,24 +30,48 @@ Rate = float | torch.Tensor
 
 @dataclasses.dataclass(frozen=True)
 class _Layout:
-    """The shape of ``x`` (channels at dim 1), its spatial shape and the effective block."""
+    """The shape of ``x`` (channels at dim 1), its spatial shape and the effective block.
 
-    shape: tuple[int, ...]
+    The batch and channel sizes are kept as they come (symbolic under ``torch.compile`` with
+    dynamic shapes, so a smaller last batch neither recompiles nor breaks ``torch.export``);
+    the spatial sizes are Python ints: the seed rate depends on them.
+    """
+
+    shape: tuple
     spatial_shape: tuple[int, ...]
     block: tuple[int, ...]
 
-    def seed_shape(self, seed_region: str, share_channels: bool, share_batch: bool) -> tuple[int, ...]:
+    def seed_shape(self, seed_region: str, share_channels: bool, share_batch: bool) -> tuple:
         batch = 1 if share_batch else self.shape[0]
         channels = 1 if share_channels else self.shape[1]
         return (batch, channels, *coverage.seed_grid_shape(self.spatial_shape, self.block, seed_region))
 
 
 def _layout(shape: Sequence[int], block_size: BlockSize, name: str = "x") -> _Layout:
-    shape = tuple(int(size) for size in shape)
+    """The layout of a batched ``shape``; see ``_batched`` for one unbatched example."""
+    shape = tuple(shape)
     dims = validation.spatial_dims(shape, name=name)
-    spatial_shape = shape[2:]
+    # operator.index, not int: under torch.compile it specialises a symbolic size to its value
+    # (a guard, so another map size recompiles) where int() would leave it symbolic.
+    spatial_shape = tuple(operator.index(size) for size in shape[2:])
     block = validation.effective_block_size(spatial_shape, validation.block_size_tuple(block_size, dims))
     return _Layout(shape, spatial_shape, block)
+
+
+def _is_batch(shape: Sequence[int], spatial_dims: int | None, name: str = "x") -> bool:
+    """Whether ``shape`` is a batch ``(N, C, *spatial)``; False for one example ``(C, *spatial)``."""
+    return validation.input_rank(tuple(shape), spatial_dims, name=name)[1]
+
+
+def check_rank(x: torch.Tensor, spatial_dims: int | None = None) -> None:
+    """Raise unless ``x`` is a tensor of a batch ``(N, C, *spatial)`` or, with ``spatial_dims``, one example.
+
+    Examples:
+      >>> check_rank(torch.ones(3, 8, 8), spatial_dims=2)
+    """
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}.")
+    validation.input_rank(tuple(x.shape), spatial_dims)
 
 
 def _check_floating(x: object) -> None:
@@ -54,6 +79,11 @@ def _check_floating(x: object) -> None:
         raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}.")
     if not x.is_floating_point():
         raise TypeError(f"x must be a floating-point tensor, got x.dtype={x.dtype}. Cast it first, e.g. x.float().")
+    if x.dtype.itemsize < 2:
+        raise TypeError(
+            f"x must be float16, bfloat16, float32 or float64, got x.dtype={x.dtype}: DropBlock rescales in float32 "
+            "and writes x's dtype, which 8-bit floats cannot hold. Cast it first, e.g. x.bfloat16()."
+        )
 
 
 def _concrete_drop_prob(drop_prob: Rate) -> float | None:
@@ -63,10 +93,33 @@ def _concrete_drop_prob(drop_prob: Rate) -> float | None:
             raise ValueError(
                 f"drop_prob must be a float or a 0-dim tensor, got a tensor of shape {tuple(drop_prob.shape)}."
             )
+        if drop_prob.dtype == torch.bool or drop_prob.is_complex():
+            raise TypeError(f"drop_prob must be a real number in [0, 1], got a tensor of dtype {drop_prob.dtype}.")
         return None
     if not isinstance(drop_prob, numbers.Real) and np.ndim(drop_prob) != 0:
         raise ValueError(f"drop_prob must be a float or a 0-dim tensor, got an array of shape {np.shape(drop_prob)}.")
     return validation.drop_prob_value(drop_prob)
+
+
+def _rate_argument(drop_prob: Rate) -> tuple[float | None, Rate]:
+    """``(the validated float or None, the rate to compute with)``.
+
+    Under ``torch.compile`` a Python float may be traced as a symbol (so that a changing rate does
+    not recompile): it is range-checked by comparisons, which become guards, and used as a
+    tensor; a concrete zero still returns ``x`` itself.
+    """
+    if _tracing() and isinstance(drop_prob, float):
+        if not 0.0 <= drop_prob <= 1.0:  # NaN fails too
+            raise ValueError(f"drop_prob must be in [0, 1], got {drop_prob=}.")
+        if drop_prob == 0.0:
+            return 0.0, drop_prob
+        return None, torch.scalar_tensor(drop_prob, dtype=torch.float32)
+    return _concrete_drop_prob(drop_prob), drop_prob
+
+
+def _tracing() -> bool:
+    """Under ``torch.compile`` or ``torch.export``: no reading tensors back, no data-dependent loops."""
+    return torch.compiler.is_compiling() or torch.compiler.is_exporting()
 
 
 def _torch_asarray(values: np.ndarray, like: torch.Tensor) -> torch.Tensor:
@@ -148,52 +201,71 @@ def _like_x(out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return out
 
 
-def _normalized(x: torch.Tensor, dropped: torch.Tensor, normalize: str, expected_drop: Rate | None, inplace: bool):
-    """``x`` with the ``dropped`` units zeroed and the rest scaled as ``normalize`` says, in >= float32.
-
-    Two forms, as in the JAX twin. A shared mask forms the factor ``keep * scale`` at its own
-    (small) resolution and multiplies ``x`` once. A mask per unit scales ``x`` and zeroes the
-    dropped units in place (``where(keep, x * scale, 0)``), so no full-size factor or float copy
-    of the mask is allocated.
-    """
-    compute = torch.promote_types(x.dtype, torch.float32)
-    per_unit = dropped.shape == x.shape
+def _scale(dropped: torch.Tensor, normalize: str, expected_drop: Rate | None, compute: torch.dtype):
+    """The factor of the kept units: a scalar or one per sample, in ``compute``; None for ``"none"``."""
     if normalize == "none":
-        if per_unit:
-            return x.masked_fill_(dropped, 0) if inplace else _like_x(x.masked_fill(dropped, 0), x)
-        keep = (~dropped).to(x.dtype)
-        return x.mul_(keep) if inplace else _like_x(x * keep, x)
+        return None
     if normalize == "expected":
-        scale = rates.expected_rescale_array(torch.as_tensor(expected_drop, dtype=compute, device=x.device), torch)
+        expected_drop = torch.as_tensor(expected_drop, dtype=compute, device=dropped.device)
+        return rates.expected_rescale_array(expected_drop, torch)
+    # count_nonzero: several times faster than a sum over a bool tensor on the CPU.
+    if normalize == "batch":
+        lost, total = torch.count_nonzero(dropped).reshape((1,) * dropped.dim()), dropped.numel()
     else:
-        # count_nonzero: several times faster than a sum over a bool tensor on the CPU.
-        if normalize == "batch":
-            lost, total = torch.count_nonzero(dropped).reshape((1,) * dropped.dim()), dropped.numel()
-        else:
-            dims = tuple(range(1, dropped.dim()))
-            lost, total = torch.count_nonzero(dropped, dim=dims).reshape(-1, *(1,) * len(dims)), dropped[0].numel()
-        kept = (total - lost).to(compute)
-        scale = torch.where(kept > 0, torch.tensor(total, dtype=compute, device=x.device) / kept, 0.0)
-    if per_unit:
-        if inplace and x.dtype == compute:
-            return x.mul_(scale).masked_fill_(dropped, 0)
-        out = (x.to(compute) * scale).masked_fill_(dropped, 0).to(x.dtype)
-        return x.copy_(out) if inplace else _like_x(out, x)
-    factor = (~dropped).to(compute) * scale
-    if inplace and x.dtype == factor.dtype:
-        return x.mul_(factor)
-    out = (x.to(factor.dtype) * factor).to(x.dtype)
+        dims = tuple(range(1, dropped.dim()))
+        lost, total = torch.count_nonzero(dropped, dim=dims).reshape(-1, *(1,) * len(dims)), dropped[0].numel()
+    kept = (total - lost).to(compute)
+    total = torch.full((), total, dtype=compute, device=dropped.device)
+    # The denominator is never 0, so no division by zero is ever evaluated.
+    return torch.where(kept > 0, total / kept.clamp(min=1), 0.0)
+
+
+def _normalized(x: torch.Tensor, dropped: torch.Tensor, scale: torch.Tensor | None, inplace: bool) -> torch.Tensor:
+    """``where(dropped, 0, x * scale)`` in >= float32, ``dropped`` broadcast over shared dims.
+
+    The same operations as the JAX twin (so the same bits, signed zeros included). Dropped
+    units are written as zeros, not multiplied by 0: an inf or NaN in ``x`` stays where it is
+    kept and becomes 0 where it is dropped, whatever is shared. No full-size factor or float
+    copy of the mask is allocated.
+    """
+    if scale is None:
+        return x.masked_fill_(dropped, 0) if inplace else _like_x(x.masked_fill(dropped, 0), x)
+    compute = scale.dtype
+    if inplace and x.dtype == compute:
+        return x.mul_(scale).masked_fill_(dropped, 0)
+    out = (x.to(compute) * scale).masked_fill_(dropped, 0).to(x.dtype)
     return x.copy_(out) if inplace else _like_x(out, x)
 
 
-def _apply(x, seeds, layout, seed_region, normalize, noise, generator, expected_drop, inplace):
+def _apply(x, seeds, layout, seed_region, normalize, noise, generator, expected_drop, inplace, poison=None):
+    """Expand ``seeds`` into blocks and apply them to ``x``.
+
+    ``poison`` is ``drop_prob * 0`` for a tensor rate (0, or NaN for a NaN rate, which then
+    turns the whole output NaN rather than silently dropping nothing), None for a number.
+    """
     dropped = _dropped_mask(seeds, layout, seed_region)
+    compute = torch.promote_types(x.dtype, torch.float32)
     if noise:
-        compute = torch.promote_types(x.dtype, torch.float32)
-        values = torch.randn(x.shape, generator=generator, device=x.device, dtype=compute).to(x.dtype)
-        out = torch.where(dropped, values, x)
+        values = _uniform_like(x.shape, generator, x.device, compute, normal=True).to(x.dtype)
+        kept = x if poison is None else (x.to(compute) * (1 + poison)).to(x.dtype)
+        out = torch.where(dropped, values, kept)
         return x.copy_(out) if inplace else _like_x(out, x)
-    return _normalized(x, dropped, normalize, expected_drop, inplace)
+    scale = _scale(dropped, normalize, expected_drop, compute)
+    if poison is not None:
+        scale = 1 + poison if scale is None else scale + poison
+    return _normalized(x, dropped, scale, inplace)
+
+
+def _uniform_like(shape, generator, device, dtype, normal=False) -> torch.Tensor:
+    """``torch.rand`` (or ``randn``) of ``shape``; no ``generator`` argument when there is none.
+
+    ``torch.rand(shape, generator=None)`` takes another overload that refuses symbolic sizes
+    under ``torch.compile`` (a smaller last batch would crash).
+    """
+    draw = torch.randn if normal else torch.rand
+    if generator is None:
+        return draw(tuple(shape), device=device, dtype=dtype)
+    return draw(tuple(shape), generator=generator, device=device, dtype=dtype)
 
 
 # Sparse sampling, as in dropblock_jax.sampling: below this rate draw only the successes.
@@ -202,8 +274,11 @@ SPARSE_MIN_SIZE = 1 << 14
 
 
 def seed_budget(size: int, gamma: float) -> int | None:
-    """Gaps drawn per round by the sparse sampler (the expected seeds plus 10 standard deviations), or None."""
-    if gamma > DENSE_ABOVE or gamma <= 0.0 or size < SPARSE_MIN_SIZE:
+    """Gaps drawn per round by the sparse sampler (the expected seeds plus 10 standard deviations), or None.
+
+    None (draw densely) for small grids, large rates, a rate of 0 and NaN.
+    """
+    if not 0.0 < gamma <= DENSE_ABOVE or size < SPARSE_MIN_SIZE:
         return None
     mean = size * gamma
     return int(mean + 10 * math.sqrt(mean) + 64)
@@ -218,7 +293,7 @@ def _sparse_seeds(gamma: float, size: int, budget: int, device, generator) -> to
     seeds = torch.zeros(size + 1, dtype=torch.bool, device=device)
     log_failure, last = math.log1p(-gamma), -1
     while last < size:
-        uniform = torch.rand(budget, generator=generator, device=device, dtype=torch.float64)
+        uniform = _uniform_like((budget,), generator, device, torch.float64)
         # Failures before each success, by inversion (log(0) = -inf gives a gap past the end).
         gaps = torch.floor(torch.log(uniform) / log_failure).clamp_(max=size + 1).to(torch.int64)
         positions = torch.cumsum(gaps + 1, 0) + last
@@ -227,22 +302,29 @@ def _sparse_seeds(gamma: float, size: int, budget: int, device, generator) -> to
     return seeds[:size]
 
 
-def bernoulli_seeds(gamma: Rate, shape: Sequence[int], device: torch.device, generator: torch.Generator | None):
+def bernoulli_seeds(
+    gamma: Rate,
+    shape: Sequence[int],
+    device: torch.device,
+    generator: torch.Generator | None,
+    allow_sparse: bool = True,
+) -> torch.Tensor:
     """A boolean seed grid of ``shape``, i.i.d. Bernoulli(``gamma``), drawn on ``device``.
 
     The one place that chooses the sampling method, as ``dropblock_jax.sampling`` is. Seeds are
-    rare, so on the CPU, outside ``torch.compile``, only the successes are drawn (geometric
-    gaps: exact); elsewhere, or for large rates, one uniform per position.
+    rare, so on the CPU, in eager mode, only the successes are drawn (geometric gaps: exact).
+    Under ``torch.compile`` or ``torch.export`` (no reading back, no data-dependent loop), on
+    other devices (reading the rate back would synchronise), or for large rates: one uniform per
+    position. ``allow_sparse=False`` draws densely too (one example at a time, as under
+    ``torch.func.vmap``, where the sparse sampler's reading back cannot run).
     """
-    size = math.prod(shape)
     on_cpu = torch.device(device if device is not None else "cpu").type == "cpu"
-    if on_cpu and not torch.compiler.is_compiling():
+    if allow_sparse and on_cpu and not _tracing():
         rate = float(gamma)  # a CPU tensor reads back for free
-        budget = seed_budget(size, rate)
+        budget = seed_budget(math.prod(shape), rate)
         if budget is not None:
-            return _sparse_seeds(rate, size, budget, device, generator).reshape(tuple(shape))
-    uniform = torch.rand(tuple(shape), generator=generator, device=device, dtype=torch.float32)
-    return uniform < gamma
+            return _sparse_seeds(rate, math.prod(shape), budget, device, generator).reshape(tuple(shape))
+    return _uniform_like(shape, generator, device, torch.float32) < gamma
 
 
 def sample_seeds(
@@ -256,11 +338,13 @@ def sample_seeds(
     share_batch: bool = False,
     generator: torch.Generator | None = None,
     device: torch.device | str | None = None,
+    spatial_dims: int | None = None,
 ) -> torch.Tensor:
     """Draw DropBlock's seed grid: i.i.d. Bernoulli(gamma) booleans, gamma from ``seed_rate``.
 
     Args:
-      shape: the shape of ``x``, ``(N, C, *spatial)`` with 1 to 3 spatial dims.
+      shape: the shape of ``x``, ``(N, C, *spatial)`` with 1 to 3 spatial dims, or
+        ``(C, *spatial)`` for one example with ``spatial_dims``.
       drop_prob: the target fraction of dropped units, a float in [0, 1] or a 0-dim tensor.
       block_size: an int or one int per spatial dim; clipped to the map.
       seed_region: ``"valid"`` (blocks inside the map) or ``"full"`` (seeds everywhere).
@@ -269,25 +353,31 @@ def sample_seeds(
       share_batch: one seed grid for the batch (size-1 batch dim).
       generator: the ``torch.Generator`` to draw from (the counterpart of a JAX key).
       device: where to draw; default the generator's device, else the CPU.
+      spatial_dims: the number of spatial dims; with it a ``shape`` of rank
+        ``spatial_dims + 1`` is one unbatched example (default: ``len(shape) - 2``).
 
     Returns:
-      A boolean tensor ``(N or 1, C or 1, *grid)``, ``grid`` being ``S - k + 1`` (valid) or
-      ``S`` (full) per spatial dim.
+      A boolean tensor ``(N or 1, C or 1, *grid)`` (no batch dim for one example), ``grid``
+      being ``S - k + 1`` (valid) or ``S`` (full) per spatial dim.
 
     Examples:
       >>> seeds = sample_seeds((2, 8, 28, 28), 0.1, 7, generator=torch.Generator().manual_seed(0))
       >>> tuple(seeds.shape), seeds.dtype
       ((2, 8, 22, 22), torch.bool)
     """
-    layout = _layout(shape, block_size, name="shape")
-    validation.check_options(seed_region)
+    shape = tuple(shape)
+    batched = _is_batch(shape, spatial_dims, name="shape")
+    layout = _layout(shape if batched else (1, *shape), block_size, name="shape")
+    validation.check_options(seed_region, calibrate=calibrate, share_channels=share_channels, share_batch=share_batch)
     concrete = _concrete_drop_prob(drop_prob)
     device = torch.device(device) if device is not None else generator.device if generator is not None else None
     seed_shape = layout.seed_shape(seed_region, share_channels, share_batch)
     if concrete == 0.0:
-        return torch.zeros(seed_shape, dtype=torch.bool, device=device)
-    gamma, _ = _rates(drop_prob, concrete, layout, seed_region, calibrate, device)
-    return bernoulli_seeds(gamma, seed_shape, device, generator)
+        seeds = torch.zeros(seed_shape, dtype=torch.bool, device=device)
+    else:
+        gamma, _ = _rates(drop_prob, concrete, layout, seed_region, calibrate, device)
+        seeds = bernoulli_seeds(gamma, seed_shape, device, generator, allow_sparse=batched)
+    return seeds if batched else seeds[0]
 
 
 def apply_seeds(
@@ -301,13 +391,14 @@ def apply_seeds(
     generator: torch.Generator | None = None,
     expected_drop: Rate | None = None,
     inplace: bool = False,
+    spatial_dims: int | None = None,
 ) -> torch.Tensor:
     """Drop the blocks that ``seeds`` start and rescale: the deterministic half of DropBlock.
 
     The same seeds give bit-identical masks here and in ``dropblock_jax.apply_seeds``.
 
     Args:
-      x: a floating tensor ``(N, C, *spatial)``.
+      x: a floating tensor ``(N, C, *spatial)``, or ``(C, *spatial)`` with ``spatial_dims``.
       seeds: a seed grid as ``sample_seeds`` returns (nonzero means a seed); a size-1 batch or
         channel dim shares the mask.
       block_size: an int or one int per spatial dim; clipped to the map.
@@ -316,11 +407,16 @@ def apply_seeds(
         least float32; everything dropped gives zeros.
       noise: dropped units receive standard normal noise from ``generator``, no rescale.
       generator: the generator for the noise.
-      expected_drop: the expected dropped fraction; needed by ``normalize="expected"``.
+      expected_drop: the expected dropped fraction, in [0, 1); needed by ``normalize="expected"``.
       inplace: write the result into ``x``.
+      spatial_dims: the number of spatial dims; with it an ``x`` of rank ``spatial_dims + 1``
+        is one unbatched example (default: ``x.dim() - 2``).
 
     Returns:
       A tensor of ``x``'s shape, dtype and memory format.
+
+    Raises:
+      ValueError, TypeError: for a bad argument, naming it and its value.
 
     Examples:
       >>> x = torch.ones(1, 1, 4, 4)
@@ -333,8 +429,15 @@ def apply_seeds(
               [1., 1., 1., 1.]])
     """
     _check_floating(x)
+    if not _is_batch(x.shape, spatial_dims):
+        seeds = torch.as_tensor(seeds, device=x.device)
+        options = dict(seed_region=seed_region, normalize=normalize, noise=noise, generator=generator)
+        out = apply_seeds(x[None], seeds[None], block_size, **options, expected_drop=expected_drop, inplace=inplace)
+        return out[0]
     layout = _layout(x.shape, block_size)
-    validation.check_options(seed_region, normalize)
+    validation.check_options(seed_region, normalize, noise=noise, inplace=inplace)
+    if expected_drop is not None and not isinstance(expected_drop, torch.Tensor):
+        validation.expected_drop_value(expected_drop)
     seeds = torch.as_tensor(seeds, device=x.device)
     full_grid = layout.seed_shape(seed_region, share_channels=False, share_batch=False)
     validation.check_seed_shape(
@@ -359,14 +462,16 @@ def drop_block(
     noise: bool = False,
     inplace: bool = False,
     generator: torch.Generator | None = None,
+    spatial_dims: int | None = None,
 ) -> torch.Tensor:
     """DropBlock: zero random contiguous blocks of a feature map and rescale the rest.
 
     Args:
       x: a floating tensor ``(N, C, *spatial)`` with 1 to 3 spatial dims, any device,
-        ``channels_last`` allowed.
+        ``channels_last`` allowed; or one example ``(C, *spatial)`` with ``spatial_dims``.
       drop_prob: the target fraction of dropped units: a float in [0, 1] (a 0 returns ``x``)
-        or a 0-dim tensor (clipped to [0, 1]; a GPU tensor is never read back to the host).
+        or a 0-dim tensor (clipped to [0, 1]; NaN gives an all-NaN output; a GPU tensor is
+        never read back to the host).
       block_size: an int or one int per spatial dim; clipped to the map.
       training: if False, return ``x``.
       seed_region: ``"valid"`` (the paper: blocks inside the map) or ``"full"`` (timm).
@@ -377,6 +482,9 @@ def drop_block(
       noise: dropped units receive standard normal noise instead of zero, no rescale.
       inplace: write the result into ``x``.
       generator: a ``torch.Generator`` on ``x.device``; default the global one.
+      spatial_dims: the number of spatial dims (default ``x.dim() - 2``); with it an ``x`` of
+        rank ``spatial_dims + 1`` is one unbatched example (``torch.func.vmap`` over examples,
+        with ``randomness="different"``), never a batch of a lower dimension.
 
     Returns:
       A tensor of ``x``'s shape, dtype and memory format. ``drop_prob=1`` gives zeros.
@@ -393,11 +501,17 @@ def drop_block(
       True
     """
     _check_floating(x)
-    layout = _layout(x.shape, block_size)
-    validation.check_options(seed_region, normalize)
-    concrete = _concrete_drop_prob(drop_prob)
-    if not training or concrete == 0.0 or x.numel() == 0:
+    batched = _is_batch(x.shape, spatial_dims)
+    layout = _layout(x.shape if batched else (1, *x.shape), block_size)
+    flags = dict(calibrate=calibrate, share_channels=share_channels, share_batch=share_batch, noise=noise)
+    validation.check_options(seed_region, normalize, training=training, inplace=inplace, **flags)
+    concrete, drop_prob = _rate_argument(drop_prob)
+    if not training or concrete == 0.0:
         return x
     gamma, expected = _rates(drop_prob, concrete, layout, seed_region, calibrate, x.device)
-    seeds = bernoulli_seeds(gamma, layout.seed_shape(seed_region, share_channels, share_batch), x.device, generator)
-    return _apply(x, seeds, layout, seed_region, normalize, noise, generator, expected, inplace)
+    seed_shape = layout.seed_shape(seed_region, share_channels, share_batch)
+    seeds = bernoulli_seeds(gamma, seed_shape, x.device, generator, allow_sparse=batched)
+    poison = None if concrete is not None else drop_prob.detach().to(device=x.device, dtype=expected.dtype) * 0
+    batch = x if batched else x[None]
+    out = _apply(batch, seeds, layout, seed_region, normalize, noise, generator, expected, inplace, poison)
+    return out if batched else out[0]

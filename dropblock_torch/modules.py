@@ -10,7 +10,9 @@ resumes the schedule.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -36,34 +38,60 @@ class _DropBlockNd(nn.Module):
         normalize: str = "batch",
         noise: bool = False,
         inplace: bool = False,
+        auto_step: bool = True,
     ) -> None:
         super().__init__()
-        validation.check_module_options(block_size, seed_region, normalize)
-        self.block_size = validation.block_size_tuple(block_size, self.spatial_dims)
-        self.options = dict(
-            seed_region=seed_region,
-            calibrate=calibrate,
-            share_channels=share_channels,
-            share_batch=share_batch,
-            normalize=normalize,
-            noise=noise,
-            inplace=inplace,
+        flags = dict(calibrate=calibrate, share_channels=share_channels, share_batch=share_batch, noise=noise)
+        validation.check_module_options(
+            block_size, seed_region, normalize, spatial_dims=self.spatial_dims, inplace=inplace, **flags
         )
+        self.block_size = validation.block_size_tuple(block_size, self.spatial_dims)
+        self.options = dict(seed_region=seed_region, normalize=normalize, inplace=inplace, **flags)
+        self.auto_step = validation.check_flag(auto_step, "auto_step")
         rate = validation.rate_or_schedule(drop_prob)
         self.schedule = rate if callable(rate) else None
-        self.register_buffer("rate", torch.tensor(0.0 if self.schedule else rate), persistent=False)
-        self.register_buffer("step", torch.zeros((), dtype=torch.int64), persistent=self.schedule is not None)
+        # The Python value is the truth; the float32 buffer is what forward reads (so changing the
+        # rate never recompiles), rebuilt from it whenever the module is moved or materialised.
+        self._drop_prob = None if self.schedule is not None else rate
+        # Ordinary tensors even when built under torch.inference_mode, so that training can update them.
+        with torch.inference_mode(False):
+            self.register_buffer("rate", torch.tensor(self._drop_prob or 0.0), persistent=False)
+            if self.schedule is not None:
+                self.register_buffer("step", torch.zeros((), dtype=torch.int64))
 
     @property
     def drop_prob(self) -> float:
-        """The current drop probability (a schedule's value at the current step)."""
-        return float(self._current_rate())
+        """The current drop probability: the value given, or a schedule's value at the current step."""
+        if self.schedule is None:
+            return self._drop_prob
+        return float(self.schedule(self.step))
 
     @drop_prob.setter
     def drop_prob(self, value: float) -> None:
         if self.schedule is not None:
             raise AttributeError("This DropBlock follows a schedule; build it with a float to set drop_prob.")
-        self.rate.fill_(validation.drop_prob_value(value))
+        self._drop_prob = validation.drop_prob_value(value)
+        self._refill_rate()
+
+    def _refill_rate(self) -> None:
+        if self.schedule is None:
+            # A new tensor rather than fill_: the old one may not be float32 any more.
+            with torch.inference_mode(False):
+                self.rate = torch.full((), self._drop_prob, dtype=torch.float32, device=self.rate.device)
+
+    def _apply(self, fn, *args, **kwargs):
+        # .to(dtype), .half(), .to_empty() (deferred init on the meta device): the rate stays the
+        # float32 of the value given instead of being rounded or left uninitialised.
+        module = super()._apply(fn, *args, **kwargs)
+        self._refill_rate()
+        return module
+
+    def reset_parameters(self) -> None:
+        """Start the schedule over (step 0) and rewrite the rate: what deferred initialisation calls."""
+        self._refill_rate()
+        if self.schedule is not None:
+            with torch.inference_mode(False):
+                self.step = torch.zeros((), dtype=torch.int64, device=self.step.device)
 
     def _current_rate(self) -> torch.Tensor:
         if self.schedule is None:
@@ -71,21 +99,45 @@ class _DropBlockNd(nn.Module):
         return torch.as_tensor(self.schedule(self.step), dtype=torch.float32, device=self.step.device)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dim() != self.spatial_dims + 2:
-            raise ValueError(
-                f"{type(self).__name__} expects (N, C) and {self.spatial_dims} spatial dims, "
-                f"got x.dim()={x.dim()} with shape {tuple(x.shape)}."
-            )
         if not self.training:
+            functional.check_rank(x, self.spatial_dims)
             return x
         rate = self._current_rate()
-        self.step.add_(1)
-        return functional.drop_block(x, rate, self.block_size, **self.options)
+        if self.schedule is not None and self.auto_step:
+            self.step.add_(1)
+        return functional.drop_block(x, rate, self.block_size, spatial_dims=self.spatial_dims, **self.options)
 
     def extra_repr(self) -> str:
-        rate = "schedule" if self.schedule is not None else f"drop_prob={self.drop_prob:g}"
+        rate = f"schedule={self.schedule!r}" if self.schedule is not None else f"drop_prob={self.drop_prob:g}"
         options = ", ".join(f"{name}={value!r}" for name, value in self.options.items())
-        return f"{rate}, block_size={self.block_size}, {options}"
+        step = "" if self.schedule is None or self.auto_step else ", auto_step=False"
+        return f"{rate}, block_size={self.block_size}, {options}{step}"
+
+
+def set_step(module: nn.Module, step: int | torch.Tensor) -> None:
+    """Set the schedule step of every scheduled DropBlock layer in ``module`` (itself included).
+
+    For schedules that follow the optimizer's step rather than the number of forward calls,
+    e.g. under gradient accumulation: build the layers with ``auto_step=False`` and call
+    ``set_step(model, optimizer_step)`` once per optimizer step. Layers without a schedule are
+    left alone. ``step`` may be an int or a 0-dim integer tensor.
+
+    Args:
+      module: a model, or one layer.
+      step: the step the schedules read from now on.
+
+    Examples:
+      >>> from dropblock_torch import schedules
+      >>> model = nn.Sequential(nn.Conv2d(3, 8, 3), DropBlock2d(schedules.ramp(0.1, 100), 3, auto_step=False))
+      >>> set_step(model, 50)
+      >>> round(model[1].drop_prob, 6)
+      0.05
+    """
+    if isinstance(step, bool) or not isinstance(step, int | torch.Tensor):
+        raise TypeError(f"step must be an int or an integer tensor, got {step=!r}.")
+    for layer in module.modules():
+        if isinstance(layer, _DropBlockNd) and layer.schedule is not None:
+            layer.step.copy_(torch.as_tensor(step, dtype=torch.int64, device=layer.step.device))
 
 
 class DropBlock1d(_DropBlockNd):
@@ -104,6 +156,10 @@ class DropBlock2d(_DropBlockNd):
       block_size: an int or one int per spatial dim.
       seed_region, calibrate, share_channels, share_batch, normalize, noise, inplace: as in
         ``dropblock_torch.drop_block``.
+      auto_step: with a schedule, advance the step once per training forward (default); False
+        leaves it to ``set_step`` (gradient accumulation: follow the optimizer's step).
+
+    Inputs are ``(N, C, H, W)`` or one example ``(C, H, W)``, as for ``nn.Dropout2d``.
 
     Examples:
       >>> from dropblock_torch import schedules
@@ -129,11 +185,13 @@ class LinearScheduler(nn.Module):
 
     After ``t + 1`` calls of ``step()``, ``drop_prob`` is
     ``numpy.linspace(start_value, stop_value, nr_steps)[min(t, nr_steps - 1)]``, as in the
-    ``dropblock`` 0.3.0 package. The step count is a buffer in ``state_dict``; ``forward``
-    calls the wrapped layer.
+    ``dropblock`` 0.3.0 package. The step count is a buffer in ``state_dict``, and loading it
+    restores the rate too; ``forward`` calls the wrapped layer. A layer built with a schedule
+    follows its own (see ``set_step``) and is refused here.
 
     Args:
-      dropblock: a ``DropBlock1d``/``2d``/``3d`` built with a float ``drop_prob``.
+      dropblock: a layer with a settable ``drop_prob``: ``DropBlock1d``/``2d``/``3d`` built with
+        a float, or ``dropblock_torch.compat.DropBlock2D``/``3D``.
       start_value, stop_value: drop probabilities in [0, 1].
       nr_steps: the length of the ramp, a positive integer (``5e3`` is accepted).
 
@@ -145,11 +203,23 @@ class LinearScheduler(nn.Module):
       0.05
     """
 
-    def __init__(self, dropblock: _DropBlockNd, start_value: float, stop_value: float, nr_steps: float) -> None:
+    def __init__(self, dropblock: nn.Module, start_value: float, stop_value: float, nr_steps: float) -> None:
         super().__init__()
+        if getattr(dropblock, "schedule", None) is not None:
+            raise ValueError(
+                "dropblock follows a schedule of its own; LinearScheduler would not change it. Build the layer "
+                "with a float drop_prob, or drop the LinearScheduler and use the schedule (with set_step)."
+            )
+        if not hasattr(dropblock, "drop_prob"):
+            raise TypeError(
+                f"dropblock must be a DropBlock layer with a settable drop_prob, got {type(dropblock).__name__}."
+            )
         self.dropblock = dropblock
-        self.start_value, self.stop_value, self.nr_steps = schedule_math.linear_arguments(
-            start_value, stop_value, nr_steps
+        self.ramp = schedule_math.Linear.of(start_value, stop_value, nr_steps)
+        self.start_value, self.stop_value, self.nr_steps = (
+            self.ramp.start_value,
+            self.ramp.stop_value,
+            self.ramp.nr_steps,
         )
         self.register_buffer("i", torch.zeros((), dtype=torch.int64))
 
@@ -158,6 +228,15 @@ class LinearScheduler(nn.Module):
 
     def step(self) -> None:
         """Advance the ramp by one step and set the layer's ``drop_prob``."""
-        value = schedule_math.linear_value(self.i, self.start_value, self.stop_value, self.nr_steps, torch)
-        self.dropblock.rate.copy_(value)
+        self._set_rate(int(self.i))
         self.i.add_(1)
+
+    def _set_rate(self, index: int) -> None:
+        # numpy float64, as numpy.linspace gives it.
+        self.dropblock.drop_prob = float(self.ramp.value(np.int64(index), np))
+
+    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any) -> None:
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        # Resume at the rate the last step() had set (the layer's rate is not in the state_dict).
+        if int(self.i) > 0:
+            self._set_rate(int(self.i) - 1)

@@ -1,5 +1,8 @@
 """dropblock_torch.compat against the real dropblock 0.3.0 package, bit for bit."""
 
+import json
+
+import numpy as np
 import pytest
 import torch
 
@@ -89,12 +92,12 @@ def test_fixed_the_scheduler_step_is_in_the_state_dict_and_resumes():
     for _ in range(3):
         model[1].step()
     state = model.state_dict()
-    assert int(state["1.i"]) == 3
+    assert state["1._extra_state"] == {"i": 3}
     resumed = torch.nn.Sequential(
         torch.nn.Conv2d(3, 3, 1), compat.LinearScheduler(compat.DropBlock2D(0.0, 3), 0.0, 0.2, 5)
     )
     resumed.load_state_dict(state)
-    assert int(resumed[1].i) == 3 and resumed[1].dropblock.drop_prob == model[1].dropblock.drop_prob
+    assert resumed[1].i == 3 and resumed[1].dropblock.drop_prob == model[1].dropblock.drop_prob
     # A checkpoint written with the old package has no step count and still loads strictly.
     old = torch.nn.Sequential(
         torch.nn.Conv2d(3, 3, 1), dropblock.LinearScheduler(dropblock.DropBlock2D(0.0, 3), 0.0, 0.2, 5)
@@ -121,3 +124,31 @@ def test_hooks_are_called_from_forward_and_can_be_overridden():
 def test_wrong_rank_names_the_expected_dimensions():
     with pytest.raises(ValueError, match=r"4 dimensions.*x\.dim\(\)=3"):
         compat.DropBlock2D(0.1, 3)(torch.randn(2, 3, 8))
+
+
+def test_the_scheduler_step_is_a_plain_int_as_in_0_3_0():
+    scheduler = compat.LinearScheduler(compat.DropBlock2D(0.0, 3), 0.0, 0.2, 5)
+    scheduler.i = 3  # 0.3.0 code sets it by hand
+    scheduler.step()
+    assert scheduler.i == 4 and json.dumps({"i": scheduler.i}) == '{"i": 4}'
+    assert scheduler.dropblock.drop_prob == np.linspace(0.0, 0.2, 5)[3]
+    # A checkpoint of the earlier tensor-valued step still loads, strictly.
+    legacy = {"i": torch.tensor(2)}
+    resumed = compat.LinearScheduler(compat.DropBlock2D(0.0, 3), 0.0, 0.2, 5)
+    resumed.load_state_dict(legacy)
+    assert resumed.i == 2 and resumed.dropblock.drop_prob == np.linspace(0.0, 0.2, 5)[1]
+
+
+@pytest.mark.parametrize("value", [float("inf"), float("-inf"), float("nan")])
+def test_fixed_inf_and_nan_in_x_become_zero_where_dropped(value):
+    x = torch.full((2, 3, 8, 8), value)
+    x[:, :, :4] = 1.0
+    torch.manual_seed(0)
+    out = compat.DropBlock2D(0.5, 3)(x)
+    dropped = out == 0
+    assert dropped.any() and not dropped.all()
+    kept_nonfinite = ~torch.isfinite(x) & ~dropped
+    assert kept_nonfinite.any()
+    # Kept units keep their value (inf stays inf, NaN stays NaN), dropped ones are exactly 0.
+    assert torch.equal(torch.isnan(out), torch.isnan(x) & ~dropped)
+    assert torch.equal(torch.isinf(out), torch.isinf(x) & ~dropped)

@@ -250,10 +250,12 @@ def expected_drop_fraction(
     shape, block = _effective(spatial_shape, block_size)
     validation.check_choice(seed_region, "seed_region", validation.SEED_REGIONS)
     try:
+        if validation.is_boolean(gamma) or isinstance(gamma, str | bytes):
+            raise TypeError
         gamma = float(gamma)
     except (TypeError, ValueError):
         raise TypeError(f"gamma must be a real number in [0, 1], got {gamma=!r}.") from None
-    if not 0.0 <= gamma <= 1.0:
+    if not 0.0 <= gamma <= 1.0:  # NaN fails too
         raise ValueError(f"gamma must be in [0, 1], got {gamma=!r}.")
     with np.errstate(divide="ignore"):
         return float(expected_drop_fraction_array(np.float64(gamma), rate_table(shape, block, seed_region), np))

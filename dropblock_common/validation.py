@@ -10,6 +10,8 @@ from __future__ import annotations
 import numbers
 from collections.abc import Sequence
 
+import numpy as np
+
 SEED_REGIONS = ("valid", "full")
 NORMALIZE_MODES = ("batch", "sample", "expected", "none")
 
@@ -188,7 +190,8 @@ def effective_block_size(spatial_shape: Sequence[int], block_size: Sequence[int]
     return tuple(min(block, size) for block, size in zip(block_size, spatial_shape, strict=True))
 
 
-def _is_boolean(value: object) -> bool:
+def is_boolean(value: object) -> bool:
+    """Whether ``value`` is a bool, or a scalar or array of a boolean dtype (numpy, jax, torch)."""
     dtype = getattr(value, "dtype", None)
     return isinstance(value, bool) or (dtype is not None and str(dtype) in ("bool", "torch.bool"))
 
@@ -212,7 +215,7 @@ def drop_prob_value(drop_prob: object, name: str = "drop_prob") -> float:
       >>> drop_prob_value(0.1)
       0.1
     """
-    if _is_boolean(drop_prob) or isinstance(drop_prob, str | bytes):
+    if is_boolean(drop_prob) or isinstance(drop_prob, str | bytes):
         raise TypeError(f"{name} must be a real number in [0, 1], got {name}={drop_prob!r}.")
     try:
         value = float(drop_prob)  # type: ignore[arg-type]
@@ -254,7 +257,7 @@ def check_flag(value: object, name: str) -> bool:
       >>> check_flag(False, "calibrate")
       False
     """
-    if isinstance(value, bool) or type(value).__name__ == "bool_":
+    if isinstance(value, bool | np.bool_):
         return bool(value)
     raise TypeError(f"{name} must be True or False, got {name}={value!r}.")
 

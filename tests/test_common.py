@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from numpy_reference import coverage_counts as brute_force_counts
 
-from dropblock_common import coverage, expected_drop_fraction, rates, seed_rate, validation
+from dropblock_common import coverage, expected_drop_fraction, rates, schedules, seed_rate, validation
 
 SHAPES_AND_BLOCKS = [
     ((9,), (3,)),
@@ -128,6 +128,13 @@ def test_block_padding_reproduces_block_slices():
         (lambda: seed_rate((28, 0), 0.1, 3), r"spatial_shape=\(28, 0\)"),
         (lambda: seed_rate((28, 28), 0.1, 3, seed_region="same"), r"seed_region='same'"),
         (lambda: expected_drop_fraction((28, 28), 3, 1.2), r"gamma=1\.2"),
+        (lambda: expected_drop_fraction((28, 28), 3, True), r"gamma=True"),
+        (lambda: expected_drop_fraction((28, 28), 3, np.bool_(False)), r"gamma="),
+        (lambda: seed_rate((28, 28), True, 3), r"drop_prob=True"),
+        (lambda: seed_rate((28, 28), np.bool_(True), 3), r"drop_prob=np\.True_"),
+        (lambda: seed_rate((28, 28), np.array(True), 3), r"drop_prob=array\(True\)"),
+        (lambda: seed_rate((28, 28), "0.1", 3), r"drop_prob='0\.1'"),
+        (lambda: seed_rate((28, 28), 0.1, 3, seed_region=None), r"seed_region=None"),
     ],
 )
 def test_bad_arguments_are_named(call, match):
@@ -160,3 +167,92 @@ def test_remembered_rates_are_the_ones_worked_out_afresh():
     assert rates.float32_rates((14, 14), (4, 4), 0.2, "valid", True) == (gamma, expected)
     assert expected == float(np.float32(0.2))  # calibrated: the expected drop is drop_prob
     assert gamma == float(np.float32(rates.seed_rate((14, 14), 0.2, 4, calibrate=True)))
+
+
+@pytest.mark.parametrize(
+    "call, error, match",
+    [
+        (lambda: validation.check_options("valid", None), ValueError, r"normalize=None"),
+        (lambda: validation.check_options("valid", "batch", calibrate="False"), TypeError, r"calibrate='False'"),
+        (lambda: validation.check_options("valid", "batch", noise=0), TypeError, r"noise=0"),
+        (lambda: validation.check_flag(np.array([True]), "share_batch"), TypeError, r"share_batch="),
+        (lambda: validation.expected_drop_value(1.0), ValueError, r"expected_drop must be in \[0, 1\)"),
+        (lambda: validation.expected_drop_value(2.0), ValueError, r"expected_drop=2\.0"),
+        (lambda: validation.expected_drop_value("0.1"), TypeError, r"expected_drop='0\.1'"),
+        (lambda: validation.input_rank((8, 8), 2), ValueError, r"x must have 4 dimensions.*or 3.*spatial_dims=2"),
+        (lambda: validation.input_rank((8, 8, 8), 4), ValueError, r"spatial_dims=4"),
+        (lambda: validation.input_rank((8, 8, 8), True), ValueError, r"spatial_dims=True"),
+        (lambda: validation.input_rank((8, 8)), ValueError, r"x\.ndim=2.*spatial_dims"),
+    ],
+)
+def test_bad_options_are_named(call, error, match):
+    with pytest.raises(error, match=match):
+        call()
+
+
+def test_flags_accept_python_and_numpy_bools_only():
+    assert validation.check_flag(np.bool_(True), "calibrate") is True
+    assert validation.check_flag(False, "calibrate") is False
+
+
+@pytest.mark.parametrize(
+    "shape, spatial_dims, expected",
+    [
+        ((8, 28, 28, 3), None, (2, True)),
+        ((28, 28, 3), 2, (2, False)),
+        ((8, 28, 28, 3), 2, (2, True)),
+        ((8, 16, 3), None, (1, True)),
+        ((16, 3), 1, (1, False)),
+        ((4, 4, 4, 3), 3, (3, False)),
+    ],
+)
+def test_input_rank_tells_a_batch_from_one_example(shape, spatial_dims, expected):
+    assert validation.input_rank(shape, spatial_dims) == expected
+
+
+@pytest.mark.parametrize("spatial, block", [((28, 28), 7), ((14, 14), 7), ((7, 7), 7), ((28, 28), 3), ((7, 7), 3)])
+def test_eq1_drops_less_in_valid_mode_and_more_in_full_mode(spatial, block):
+    # Brute force over every seed position: the expected dropped fraction of the paper's gamma.
+    from numpy_reference import block_slice
+
+    for seed_region, compare in (("valid", np.less_equal), ("full", np.greater)):
+        gamma = seed_rate(spatial, 0.1, block, seed_region=seed_region)
+        counts = np.zeros(spatial)
+        grid = [coverage.seed_grid_size(size, block, seed_region) for size in spatial]
+        for i in range(grid[0]):
+            for j in range(grid[1]):
+                counts[
+                    block_slice(i, block, spatial[0], seed_region), block_slice(j, block, spatial[1], seed_region)
+                ] += 1
+        dropped = np.mean(1 - (1 - gamma) ** counts)
+        assert compare(dropped, 0.1 + 1e-12)
+    calibrated = seed_rate(spatial, 0.1, block, seed_region="full", calibrate=True)
+    assert expected_drop_fraction(spatial, block, calibrated, seed_region="full") == pytest.approx(0.1, abs=1e-12)
+
+
+def test_full_mode_over_drops_as_the_docs_say():
+    stated = {(28, 7): 0.133, (14, 7): 0.209, (7, 7): 0.93}  # dropblock_common/rates.py, the README
+    for (size, block), value in stated.items():
+        gamma = seed_rate((size, size), 0.1, block, seed_region="full")
+        assert round(expected_drop_fraction((size, size), block, gamma, seed_region="full"), 3) == value
+
+
+@pytest.mark.parametrize("numbers", [schedules.Linear.of(0.0, 0.2, 11), schedules.Ramp.of(0.2, 10)])
+def test_schedule_numbers_pickle_compare_and_saturate(numbers):
+    import pickle
+
+    assert pickle.loads(pickle.dumps(numbers)) == numbers
+    assert float(numbers.value(np.int64(10**6), np)) == pytest.approx(0.2)
+    assert float(numbers.value(np.int64(-5), np)) == 0.0
+    assert schedules.bounded_step(10**12, numbers.last_step) == numbers.last_step
+
+
+def test_the_authors_ramp():
+    ramp = schedules.Ramp.of(0.1, 100)
+    assert float(ramp.value(np.int64(50), np)) == 0.05
+    assert float(schedules.Ramp.of(0.1, 1).value(np.int64(1), np)) == 0.1
+    assert float(schedules.Ramp.of(0.1, 1).value(np.int64(0), np)) == 0.0
+    with pytest.raises(ValueError, match=r"total_steps=0"):
+        schedules.Ramp.of(0.1, 0)
+    with pytest.raises(TypeError, match=r"drop_prob=True"):
+        schedules.Ramp.of(True, 10)

@@ -116,10 +116,73 @@ def unpack(words: jax.Array, packing: Packing) -> jax.Array:
     return jnp.moveaxis(flags, -1, axis + 1).reshape(grid_shape)
 
 
+# The most positions one int32 sum may count; larger groups are counted in chunks of this size.
+INT32_COUNT_LIMIT = 2**31 - 1
+_CHUNK = 2**30
+# The chunk counts are summed as two int32 halves: ``count = high * 2**15 + low``.
+_LOW_BITS = 15
+
+
+def _ones(words: jax.Array, packing: Packing) -> jax.Array:
+    return (words > 0) if packing.bits == 1 else lax.population_count(words)
+
+
 def count(words: jax.Array, packing: Packing, axes: tuple[int, ...] | None) -> jax.Array:
-    """How many positions are set, summed over ``axes`` (None: all), as int32 with kept dims."""
-    ones = (words > 0) if packing.bits == 1 else lax.population_count(words)
-    return jnp.sum(ones, axis=axes, dtype=jnp.int32, keepdims=True)
+    """How many positions are set, summed over ``axes`` (None: all), as int32 with kept dims.
+
+    For groups of fewer than 2**31 positions; ``unset_count`` counts any size.
+    """
+    return jnp.sum(_ones(words, packing), axis=axes, dtype=jnp.int32, keepdims=True)
+
+
+def unset_count(
+    words: jax.Array, packing: Packing, per_row: bool, dtype: jax.typing.DTypeLike, *, chunk: int | None = None
+) -> jax.Array:
+    """How many positions are not set, in the whole grid or per row (leading index), as ``dtype``.
+
+    The result is the exact count rounded once to ``dtype``, with the kept dims of a sum over
+    all axes (or all but the first). Groups of fewer than 2**31 positions are counted in one
+    int32 sum; larger ones (which would overflow it) in int32 sums over chunks of at most
+    ``chunk`` positions (default 2**30), whose total is carried exactly as two int32 halves,
+    so a count is right up to 2**46 positions and correctly rounded to float32 below 2**39.
+
+    Args:
+      words: a packed grid.
+      packing: how ``words`` is packed.
+      per_row: count per leading index (``normalize="sample"``) instead of over everything.
+      dtype: the floating dtype of the result.
+      chunk: positions per int32 sum; given, the chunked path runs whatever the size (tests).
+
+    Examples:
+      >>> grid = jnp.zeros((2, 3, 8), bool).at[0, 1, 2].set(True)
+      >>> layout = packing(grid.shape, -1)
+      >>> unset_count(pack(grid, layout), layout, True, jnp.float32).reshape(-1).tolist()
+      [23.0, 24.0]
+      >>> unset_count(pack(grid, layout), layout, False, jnp.float32, chunk=8).reshape(-1).tolist()
+      [47.0]
+    """
+    rows = words.shape[0] if per_row else 1
+    group = words.size // max(rows, 1) * packing.bits
+    kept_dims = (rows, *(1,) * (words.ndim - 1)) if per_row else (1,) * words.ndim
+    if chunk is None:
+        if group <= INT32_COUNT_LIMIT:
+            axes = tuple(range(1, words.ndim)) if per_row else None
+            return (group - count(words, packing, axes)).astype(dtype)
+        chunk = _CHUNK
+    ones = _ones(words, packing).reshape(rows, -1)
+    per_chunk = max(chunk // packing.bits, 1)
+    chunks = -(-ones.shape[1] // per_chunk)
+    ones = jnp.pad(ones, ((0, 0), (0, chunks * per_chunk - ones.shape[1])))
+    counts = jnp.sum(ones.reshape(rows, chunks, per_chunk), axis=-1, dtype=jnp.int32)
+    high = jnp.sum(counts >> _LOW_BITS, axis=-1, dtype=jnp.int32)
+    low = jnp.sum(counts & (2**_LOW_BITS - 1), axis=-1, dtype=jnp.int32)
+    # unset = group - (high * 2**15 + low), normalised so that 0 <= low < 2**15.
+    group_high, group_low = divmod(group, 2**_LOW_BITS)
+    high, low = group_high - high, group_low - low
+    high, low = high + (low >> _LOW_BITS), low & (2**_LOW_BITS - 1)
+    # high * 2**15 is exact in float32 below 2**39; adding low rounds once.
+    unset = high.astype(dtype) * (2**_LOW_BITS) + low.astype(dtype)
+    return unset.reshape(kept_dims)
 
 
 def dilate(

@@ -29,6 +29,8 @@ DENSE_ABOVE = 1 / 16
 TRACED_RATE_CAP = 1 / 32
 # Grids smaller than this are drawn densely: nothing to save, and a simpler program to compile.
 SPARSE_MIN_SIZE = 1 << 14
+# The sparse method counts positions in int32 up to ``size + 1``: larger grids are drawn densely.
+SPARSE_MAX_SIZE = 2**31 - 2
 
 
 def seed_budget(size: int, gamma: float | None) -> int | None:
@@ -41,16 +43,17 @@ def seed_budget(size: int, gamma: float | None) -> int | None:
     Returns:
       A static budget: the expected number of seeds at the (power-of-two rounded) rate plus
       10 standard deviations, so that it runs short with probability below 1e-20; rounding
-      keeps the number of distinct compiled programs small.
+      keeps the number of distinct compiled programs small. None for large rates, for small
+      grids and for grids of 2**31 - 1 positions or more (int32 positions would overflow).
 
     Examples:
       >>> seed_budget(4_000_000, 0.0033)
       17408
-      >>> seed_budget(4_000_000, 0.2) is None, seed_budget(1000, 0.0033) is None
-      (True, True)
+      >>> seed_budget(4_000_000, 0.2) is None, seed_budget(1000, 0.0033) is None, seed_budget(2**31, 0.0033) is None
+      (True, True, True)
     """
     cap = TRACED_RATE_CAP if gamma is None else gamma
-    if cap > DENSE_ABOVE or size < SPARSE_MIN_SIZE:
+    if cap > DENSE_ABOVE or not SPARSE_MIN_SIZE <= size <= SPARSE_MAX_SIZE:
         return None
     cap = 2.0 ** math.ceil(math.log2(max(cap, 1.0 / size)))
     mean = size * cap
@@ -69,6 +72,10 @@ def _sparse(key: jax.Array, gamma: jax.Array, size: int, budget: int, packing: P
     with negligible probability. Position ``p`` is bit ``p % bits`` of word ``p // bits``.
     """
     log_failure = jnp.log1p(-gamma)
+    # A rate of 0 (or NaN) has no seeds: every gap runs past the end, with no division by zero
+    # (``checkify`` stays quiet) and no NaN gap that could stall the loop.
+    has_seeds = log_failure < 0
+    safe_log_failure = jnp.where(has_seeds, log_failure, -1.0)
     # Sums saturate past the end (associative, since every term is non-negative), so int32 never
     # overflows and the last position reaches ``size`` once the sequence is complete.
     saturating_sum = lambda a, b: jnp.minimum(a + b, size + 1)  # noqa: E731
@@ -78,7 +85,8 @@ def _sparse(key: jax.Array, gamma: jax.Array, size: int, budget: int, packing: P
         round_key, gaps_key = jax.random.split(round_key)
         uniform = jax.random.uniform(gaps_key, (budget,), jnp.float32, jnp.finfo(jnp.float32).tiny, 1.0)
         # Failures before each success, by inversion.
-        gaps = jnp.minimum(jnp.floor(jnp.log(uniform) / log_failure), size).astype(jnp.int32)
+        gaps = jnp.where(has_seeds, jnp.minimum(jnp.floor(jnp.log(uniform) / safe_log_failure), size), size)
+        gaps = gaps.astype(jnp.int32)
         positions = lax.associative_scan(saturating_sum, gaps.at[0].add(last + 1) + 1) - 1
         # Positions are distinct, so adding their bits is OR-ing them; the ones past the end
         # all land in one spare word.

@@ -132,3 +132,28 @@ def test_packed_path_under_vmap_and_grad():
     gradient = jax.grad(lambda x: jnp.sum(dj.dropblock(x, keys[0], 0.3, 3)))(x)
     np.testing.assert_allclose(gradient, out / x, rtol=1e-6)
     assert 0.1 < float((out == 0).mean()) < 0.5
+
+
+@pytest.mark.parametrize("shape, axis", [((3, 5, 7, 64), -1), ((2, 48, 6, 5), 1), ((4, 9, 3), -1)])
+@pytest.mark.parametrize("chunk", [None, 1, 64, 1000])
+def test_unset_count_in_chunks_is_the_exact_count(shape, axis, chunk):
+    # The chunked path (int32 sums of at most `chunk` positions, their total carried as two
+    # int32 halves) is what grids of 2**31 positions or more take; forced here on small grids.
+    grid = jax.random.bernoulli(jax.random.key(7), 0.4, shape)
+    packing = bitmask.packing(shape, axis)
+    words = bitmask.pack(grid, packing)
+    unset = ~np.asarray(grid)
+    for per_row in (False, True):
+        got = bitmask.unset_count(words, packing, per_row, jnp.float32, chunk=chunk)
+        axes = tuple(range(1, len(shape))) if per_row else None
+        np.testing.assert_array_equal(got, unset.sum(axis=axes, keepdims=True).astype(np.float32))
+        assert got.dtype == jnp.float32
+
+
+def test_unset_count_of_more_than_2_31_positions_traces_without_overflow():
+    shape = (2, 1024, 1024, 32)  # 2**26 words of 32 bits: 2**31 positions
+    packing = bitmask.Packing(axis=3, bits=32)
+    words = jax.ShapeDtypeStruct(packing.words_shape(shape), packing.dtype)
+    for per_row in (False, True):
+        out = jax.eval_shape(lambda w, p=per_row: bitmask.unset_count(w, packing, p, jnp.float32), words)
+        assert out.shape == ((2, 1, 1, 1) if per_row else (1, 1, 1, 1)) and out.dtype == jnp.float32

@@ -57,6 +57,33 @@ def test_sparse_edge_rates():
         assert sparse_seeds(key, 1.0, 4096, 1024, packing).all()
 
 
+def test_a_nan_or_zero_rate_draws_no_seeds_and_ends():
+    # A NaN gap would stall the rounds or scatter out of place; 0 must not divide by zero.
+    from jax.experimental import checkify
+
+    budget = sampling.seed_budget(SIZE, None)
+    draw = jax.jit(
+        checkify.checkify(
+            lambda gamma: sampling.bernoulli_words(jax.random.key(3), gamma, (SIZE,), PACKED, budget),
+            errors=checkify.float_checks,
+        )
+    )
+    for gamma in (0.0, float("nan")):
+        error, words = draw(jnp.float32(gamma))
+        assert not np.asarray(words).any()
+        if gamma == 0.0:
+            assert error.get() is None, error.get()
+    for packing in (bitmask.UNPACKED, PACKED):
+        assert not sparse_seeds(jax.random.key(4), float("nan"), SIZE, 1024, packing).any()
+
+
+def test_grids_of_2_31_positions_or_more_are_drawn_densely():
+    # The sparse sampler's positions are int32: it must never see a grid they cannot index.
+    assert sampling.seed_budget(sampling.SPARSE_MAX_SIZE, 0.001) is not None
+    for size in (sampling.SPARSE_MAX_SIZE + 1, 2**31, 2**40):
+        assert sampling.seed_budget(size, 0.001) is None and sampling.seed_budget(size, None) is None
+
+
 def test_large_traced_rates_fall_back_to_dense_at_run_time():
     budget = sampling.seed_budget(SIZE, None)
     draw = jax.jit(lambda gamma: sampling.bernoulli_words(jax.random.key(2), gamma, (SIZE,), bitmask.UNPACKED, budget))

@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+import numbers
 from collections.abc import Sequence
 
 import jax
@@ -50,8 +51,28 @@ class _Layout:
         return tuple(shape)
 
 
+def _shape_tuple(shape: Sequence[int], name: str) -> tuple[int, ...]:
+    """``shape`` as a tuple of non-negative Python ints, or an error naming ``name``."""
+    try:
+        sizes = tuple(shape)
+    except TypeError:
+        raise TypeError(f"{name} must be a sequence of ints (a shape), got {name}={shape!r}.") from None
+    for size in sizes:
+        if isinstance(size, bool) or not isinstance(size, numbers.Integral) or size < 0:
+            raise ValueError(f"{name} must be a shape of non-negative ints, got {name}={sizes!r}.")
+    return tuple(int(size) for size in sizes)
+
+
+def _batched_shape(shape: Sequence[int], spatial_dims: int | None, name: str) -> tuple[tuple[int, ...], bool]:
+    """The shape as a batch (one unbatched example gets a batch axis of 1), and whether it was one."""
+    shape = _shape_tuple(shape, name)
+    _, batched = validation.input_rank(shape, spatial_dims, name=name)
+    return (shape if batched else (1, *shape)), batched
+
+
 def _layout(shape: Sequence[int], channel_axis: int, block_size: BlockSize, name: str = "x") -> _Layout:
-    shape = tuple(int(size) for size in shape)
+    """The ``_Layout`` of a batched shape ``(N, *spatial, C)`` or ``(N, C, *spatial)``."""
+    shape = _shape_tuple(shape, name)
     dims = validation.spatial_dims(shape, name=name)
     channel = validation.channel_axis_index(channel_axis, len(shape))
     axes = validation.spatial_axes(len(shape), channel)
@@ -61,18 +82,26 @@ def _layout(shape: Sequence[int], channel_axis: int, block_size: BlockSize, name
 
 
 def _check_floating(x: jax.Array) -> None:
-    if not jnp.issubdtype(x.dtype, jnp.floating):
+    # 8-bit (and smaller) floats have no implicit promotion to float32, the dtype DropBlock computes in.
+    if not jnp.issubdtype(x.dtype, jnp.floating) or x.dtype.itemsize < 2:
         raise TypeError(
-            f"x must be a floating-point array, got x.dtype={x.dtype}. Cast it first, e.g. x.astype(jnp.float32)."
+            f"x must be a float16, bfloat16, float32 or float64 array, got x.dtype={x.dtype}. "
+            "Cast it first, e.g. x.astype(jnp.float32)."
         )
 
 
-def _check_key(key: object, name: str = "key") -> None:
+def is_key(key: object) -> bool:
+    """Whether ``key`` is one JAX PRNG key: a typed key array of shape (), or a raw uint32 one."""
     dtype, shape = getattr(key, "dtype", None), getattr(key, "shape", None)
     if dtype is not None and jnp.issubdtype(dtype, jax.dtypes.prng_key) and shape == ():
+        return True
+    return dtype == np.uint32 and shape is not None and len(shape) == 1  # a raw jax.random.PRNGKey
+
+
+def _check_key(key: object, name: str = "key") -> None:
+    if is_key(key):
         return
-    if dtype == np.uint32 and shape is not None and len(shape) == 1:  # a raw jax.random.PRNGKey
-        return
+    dtype, shape = getattr(key, "dtype", None), getattr(key, "shape", None)
     hint = " For a batch of keys, map over them with jax.vmap." if shape else ""
     raise TypeError(
         f"{name} must be one JAX PRNG key, e.g. jax.random.key(0), got {name}={key!r}"
@@ -80,10 +109,23 @@ def _check_key(key: object, name: str = "key") -> None:
     )
 
 
-def _concrete_drop_prob(drop_prob: jax.typing.ArrayLike) -> float | None:
-    """``drop_prob`` as a validated float if it is concrete, None if it is traced."""
-    if np.ndim(drop_prob) != 0:
-        raise ValueError(f"drop_prob must be a scalar, got an array of shape {np.shape(drop_prob)}.")
+def _check_real_scalar(value: object, name: str) -> None:
+    """A rate must be a real scalar: a bool array, even a traced one, is refused by its dtype."""
+    dtype = getattr(value, "dtype", None)
+    if dtype is not None and not (jnp.issubdtype(dtype, jnp.floating) or jnp.issubdtype(dtype, jnp.integer)):
+        raise TypeError(f"{name} must be a real number in [0, 1], got {name} of dtype {dtype}: {value!r}.")
+    if np.ndim(value) != 0:
+        raise ValueError(f"{name} must be a scalar, got an array of shape {np.shape(value)}.")
+
+
+def concrete_drop_prob(drop_prob: jax.typing.ArrayLike) -> float | None:
+    """``drop_prob`` as a validated float if it is concrete, None if it is traced.
+
+    Raises:
+      TypeError: for a string or a bool (a bool array too, even a traced one), naming drop_prob.
+      ValueError: for a concrete value outside [0, 1] or NaN, or an array that is not a scalar.
+    """
+    _check_real_scalar(drop_prob, "drop_prob")
     if isinstance(drop_prob, jax.core.Tracer):
         return None
     return validation.drop_prob_value(drop_prob)
@@ -122,6 +164,15 @@ def _traced_rates(
     return gamma, rates.expected_drop_fraction_array(gamma, table, jnp, _jnp_asarray)
 
 
+def _nan_guard(drop_prob: jax.typing.ArrayLike, dtype: jax.typing.DTypeLike) -> jax.Array:
+    """``drop_prob * 0``: 0, or NaN for a NaN (or infinite) traced rate, added to the scale.
+
+    A traced rate cannot raise, so a NaN one turns the whole output into NaN: loud, it shows
+    in the loss at once, where a silently clipped rate would not.
+    """
+    return lax.stop_gradient(jnp.asarray(drop_prob, dtype)) * 0
+
+
 def _dropped_words(words: jax.Array, packing: bitmask.Packing, layout: _Layout, seed_region: str) -> jax.Array:
     """Dilate the (packed) seed grid by the block: set wherever some seed's block lies."""
     paddings = [coverage.block_padding(block, seed_region) for block in layout.block]
@@ -134,30 +185,35 @@ def _normalized(
     packing: bitmask.Packing,
     normalize: str,
     expected_drop: jax.typing.ArrayLike | None,
+    guard: jax.Array | None,
 ) -> jax.Array:
-    """``x`` with the dropped units zeroed and the rest scaled as ``normalize`` says, in >= float32.
+    """``where(keep, x * scale, 0)``, the scale as ``normalize`` says, computed in >= float32.
 
-    ``dropped`` holds the dilated mask as packed words; the kept count is their popcount. Two
-    forms, as in the torch twin (the same operations, so the same bits, signed zeros included):
-    a shared mask forms the factor ``keep * scale`` at its own (small) resolution and multiplies
-    ``x`` once; a mask per unit gives ``where(keep, x * scale, 0)``. XLA fuses the unpacking
-    into that one pass, so no full-size mask is written.
+    ``dropped`` holds the dilated mask as packed words (shared masks have a size-1 batch or
+    channel axis and broadcast); the kept count is their popcount. The same operations as in
+    the torch twin, so the same bits. Selecting instead of multiplying by the mask keeps an
+    inf or NaN of ``x`` where it is kept and gives 0 where it is dropped. XLA fuses the
+    unpacking into that one pass, so no full-size mask is written. ``guard`` is
+    ``_nan_guard`` of a traced rate, None for a concrete one (then ``"none"`` multiplies nothing).
     """
     compute = jnp.promote_types(x.dtype, jnp.float32)
     keep = ~bitmask.unpack(dropped, packing)
-    per_unit = keep.shape == x.shape
     if normalize == "none":
-        return jnp.where(keep, x, 0) if per_unit else x * keep.astype(x.dtype)
-    if normalize == "expected":
+        if guard is None:
+            return jnp.where(keep, x, jnp.zeros((), x.dtype))
+        scale = 1 + guard
+    elif normalize == "expected":
         scale = rates.expected_rescale_array(jnp.asarray(expected_drop, compute), jnp)
     else:
-        axes = None if normalize == "batch" else tuple(range(1, keep.ndim))
-        total = keep.size // (1 if normalize == "batch" else keep.shape[0])
-        kept = total - bitmask.count(dropped, packing, axes)
-        scale = jnp.where(kept > 0, jnp.asarray(total, compute) / kept.astype(compute), 0)
-    if per_unit:
-        return jnp.where(keep, x.astype(compute) * scale, 0).astype(x.dtype)
-    return (x.astype(compute) * (keep.astype(compute) * scale)).astype(x.dtype)
+        per_row = normalize == "sample"
+        total = keep.size // keep.shape[0] if per_row else keep.size
+        kept = bitmask.unset_count(dropped, packing, per_row, compute)
+        # No division by zero is evaluated (checkify's float checks stay quiet).
+        any_kept = kept > 0
+        scale = jnp.where(any_kept, jnp.asarray(total, compute) / jnp.where(any_kept, kept, 1), 0)
+    if guard is not None and normalize != "none":
+        scale = scale + guard
+    return jnp.where(keep, x.astype(compute) * scale, 0).astype(x.dtype)
 
 
 def _expand_and_apply(
@@ -169,31 +225,39 @@ def _expand_and_apply(
     normalize: str,
     noise_key: jax.Array | None,
     expected_drop: jax.typing.ArrayLike | None,
+    guard: jax.Array | None = None,
 ) -> jax.Array:
     """Expand the packed seeds into blocks and apply them to ``x``."""
     dropped = _dropped_words(words, packing, layout, seed_region)
     if noise_key is not None:
         keep = ~bitmask.unpack(dropped, packing)
-        noise = jax.random.normal(noise_key, (x.size,), jnp.promote_types(x.dtype, jnp.float32)).reshape(x.shape)
-        return jnp.where(keep, x, noise.astype(x.dtype))  # flat draw: see sampling.bernoulli_words
-    return _normalized(x, dropped, packing, normalize, expected_drop)
+        compute = jnp.promote_types(x.dtype, jnp.float32)
+        noise = jax.random.normal(noise_key, (x.size,), compute).reshape(x.shape)  # flat: see sampling
+        kept = x if guard is None else (x.astype(compute) * (1 + guard)).astype(x.dtype)
+        return jnp.where(keep, kept, noise.astype(x.dtype))
+    return _normalized(x, dropped, packing, normalize, expected_drop, guard)
 
 
 # Jitted inside, so that eager calls compile once per configuration instead of dispatching
-# every small op; under a user's jit these inline.
-@functools.partial(jax.jit, static_argnames=("layout", "seed_region", "normalize"))
+# every small op; under a user's jit these inline. ``batched=False`` is one example: it gets
+# a batch axis of 1 inside, and loses it on the way out.
+@functools.partial(jax.jit, static_argnames=("layout", "batched", "seed_region", "normalize"))
 def _apply(
     x: jax.Array,
     seeds: jax.Array,
     layout: _Layout,
+    batched: bool,
     seed_region: str,
     normalize: str,
     noise_key: jax.Array | None,
     expected_drop: jax.typing.ArrayLike | None,
 ) -> jax.Array:
+    if not batched:
+        x, seeds = x[None], seeds[None]
     packing = bitmask.packing(seeds.shape, layout.channel_axis)
     words = bitmask.pack(seeds, packing)
-    return _expand_and_apply(x, words, packing, layout, seed_region, normalize, noise_key, expected_drop)
+    out = _expand_and_apply(x, words, packing, layout, seed_region, normalize, noise_key, expected_drop)
+    return out if batched else out[0]
 
 
 def sample_seeds(
@@ -207,23 +271,27 @@ def sample_seeds(
     calibrate: bool = False,
     share_channels: bool = False,
     share_batch: bool = False,
+    spatial_dims: int | None = None,
 ) -> jax.Array:
     """Draw DropBlock's seed grid: i.i.d. Bernoulli(gamma) booleans, gamma from ``seed_rate``.
 
     Args:
       key: a JAX PRNG key.
       shape: the shape of the input ``x``, ``(N, *spatial, C)`` (or ``(N, C, *spatial)`` with
-        ``channel_axis=1``).
+        ``channel_axis=1``), or of one example ``(*spatial, C)`` given ``spatial_dims``.
       drop_prob: the target fraction of dropped units in [0, 1]; may be traced.
       block_size: an int or one int per spatial dimension (static); clipped to the map.
-      channel_axis: ``-1`` (channels last) or ``1`` (channels first).
+      channel_axis: ``-1`` (channels last) or ``1`` (channels first, ``(C, *spatial)`` for one
+        example).
       seed_region: ``"valid"`` (blocks inside the map) or ``"full"`` (seeds everywhere).
       calibrate: make the expected dropped fraction exactly ``drop_prob``.
       share_channels: one seed grid per sample, shared by its channels (size-1 channel axis).
       share_batch: one seed grid shared by the batch (size-1 batch axis).
+      spatial_dims: the number of spatial dimensions; given it, a ``shape`` of rank
+        ``spatial_dims + 1`` is one unbatched example. None: ``len(shape) - 2``.
 
     Returns:
-      A boolean array with ``x``'s rank: the batch and channel axes of ``shape`` (or 1 where
+      A boolean array with ``shape``'s rank: the batch and channel axes of ``shape`` (or 1 where
       shared), and ``S - k + 1`` (valid) or ``S`` (full) positions per spatial axis.
 
     Raises:
@@ -233,20 +301,26 @@ def sample_seeds(
       >>> seeds = sample_seeds(jax.random.key(0), (2, 28, 28, 8), 0.1, 7)
       >>> seeds.shape, seeds.dtype
       ((2, 22, 22, 8), dtype('bool'))
+      >>> sample_seeds(jax.random.key(0), (28, 28, 8), 0.1, 7, spatial_dims=2).shape
+      (22, 22, 8)
     """
-    layout = _layout(shape, channel_axis, block_size, name="shape")
+    batched_shape, batched = _batched_shape(shape, spatial_dims, "shape")
+    layout = _layout(batched_shape, channel_axis, block_size, name="shape")
+    if min(layout.spatial_shape) < 1:
+        raise ValueError(f"shape must have spatial sizes of at least 1, got shape={tuple(shape)!r}.")
     _check_key(key)
-    validation.check_options(seed_region)
-    concrete = _concrete_drop_prob(drop_prob)
+    validation.check_options(seed_region, calibrate=calibrate, share_channels=share_channels, share_batch=share_batch)
+    concrete = concrete_drop_prob(drop_prob)
     seed_shape = layout.seed_shape(seed_region, share_channels, share_batch)
     if concrete == 0.0:
-        return jnp.zeros(seed_shape, bool)
+        return jnp.zeros(seed_shape if batched else seed_shape[1:], bool)
     if concrete is None:
         gamma, _ = _traced_rates(drop_prob, layout, seed_region, calibrate)
     else:
         gamma, _ = _concrete_rates(concrete, layout, seed_region, calibrate)
     budget = sampling.seed_budget(math.prod(seed_shape), None if concrete is None else float(gamma))
-    return _sample_seeds(key, gamma, seed_shape, layout.channel_axis, budget)
+    seeds = _sample_seeds(key, gamma, seed_shape, layout.channel_axis, budget)
+    return seeds if batched else seeds[0]
 
 
 @functools.partial(jax.jit, static_argnums=range(2, 5))
@@ -268,24 +342,29 @@ def apply_seeds(
     normalize: str = "batch",
     noise_key: jax.Array | None = None,
     expected_drop: jax.typing.ArrayLike | None = None,
+    spatial_dims: int | None = None,
 ) -> jax.Array:
     """Drop the blocks that ``seeds`` start and rescale: the deterministic half of DropBlock.
 
     The same seeds give bit-identical masks here and in ``dropblock_torch.apply_seeds``.
 
     Args:
-      x: a floating array ``(N, *spatial, C)`` (or ``(N, C, *spatial)`` with ``channel_axis=1``).
-      seeds: a seed grid as ``sample_seeds`` returns (nonzero means a seed); a size-1 batch
-        or channel axis shares the mask.
+      x: a floating array ``(N, *spatial, C)`` (or ``(N, C, *spatial)`` with ``channel_axis=1``),
+        or one example ``(*spatial, C)`` given ``spatial_dims``.
+      seeds: a seed grid as ``sample_seeds`` returns (nonzero means a seed), of ``x``'s rank; a
+        size-1 batch or channel axis shares the mask.
       block_size: an int or one int per spatial dimension (static); clipped to the map.
       channel_axis: ``-1`` or ``1``.
       seed_region: ``"valid"`` or ``"full"``, as the seeds were drawn.
       normalize: ``"batch"`` (kept units scaled by ``numel / kept`` over the whole mask),
         ``"sample"`` (the same per sample), ``"expected"`` (by ``1 / (1 - expected_drop)``)
-        or ``"none"``. Computed in at least float32; everything dropped gives zeros.
+        or ``"none"``. Computed in at least float32; everything dropped gives zeros. Kept
+        units of ``x`` that are inf or NaN stay so; dropped ones become 0.
       noise_key: if given, dropped units receive standard normal noise from this key
         instead of zero, and nothing is rescaled.
-      expected_drop: the expected dropped fraction; needed by ``normalize="expected"``.
+      expected_drop: the expected dropped fraction, in [0, 1); needed by ``normalize="expected"``.
+      spatial_dims: the number of spatial dimensions; given it, an ``x`` of rank
+        ``spatial_dims + 1`` is one unbatched example. None: ``x.ndim - 2``.
 
     Returns:
       An array of ``x``'s shape and dtype.
@@ -303,19 +382,33 @@ def apply_seeds(
              [1., 1., 1., 1.]], dtype=float32)
     """
     x = jnp.asarray(x)
-    layout = _layout(x.shape, channel_axis, block_size)
+    shape, batched = _batched_shape(x.shape, spatial_dims, "x")
+    layout = _layout(shape, channel_axis, block_size)
     _check_floating(x)
     validation.check_options(seed_region, normalize)
     seeds = jnp.asarray(seeds)
+    if seeds.ndim != x.ndim:
+        raise ValueError(f"seeds must have the rank of x ({x.ndim}), got seeds.shape={seeds.shape}.")
     full_grid = layout.seed_shape(seed_region, share_channels=False, share_batch=False)
     validation.check_seed_shape(
-        seeds.shape, full_grid, layout.channel_axis, x_shape=x.shape, block_size=block_size, seed_region=seed_region
+        seeds.shape if batched else (1, *seeds.shape),
+        full_grid,
+        layout.channel_axis,
+        x_shape=shape,
+        block_size=block_size,
+        seed_region=seed_region,
     )
+    if expected_drop is not None:
+        _check_real_scalar(expected_drop, "expected_drop")
+        if not isinstance(expected_drop, jax.core.Tracer):
+            expected_drop = validation.expected_drop_value(expected_drop)
     if normalize == "expected" and expected_drop is None and noise_key is None:
         raise ValueError("normalize='expected' needs expected_drop=..., e.g. from expected_drop_fraction.")
     if noise_key is not None:
         _check_key(noise_key, "noise_key")
-    return _apply(x, seeds.astype(bool), layout, seed_region, normalize, noise_key, expected_drop)
+    if x.size == 0:
+        return x
+    return _apply(x, seeds.astype(bool), layout, batched, seed_region, normalize, noise_key, expected_drop)
 
 
 def dropblock(
@@ -331,6 +424,7 @@ def dropblock(
     share_batch: bool = False,
     normalize: str = "batch",
     noise: bool = False,
+    spatial_dims: int | None = None,
 ) -> jax.Array:
     """DropBlock: zero random contiguous blocks of a feature map and rescale the rest.
 
@@ -340,11 +434,12 @@ def dropblock(
 
     Args:
       x: a floating array ``(N, *spatial, C)`` with 1 to 3 spatial dims (the Flax layout), or
-        ``(N, C, *spatial)`` with ``channel_axis=1``.
+        ``(N, C, *spatial)`` with ``channel_axis=1``; given ``spatial_dims``, also one
+        unbatched example ``(*spatial, C)`` (or ``(C, *spatial)``), e.g. under ``jax.vmap``.
       key: a JAX PRNG key.
-      drop_prob: in [0, 1]; a Python float or a scalar array that may be traced (changing it
-        does not retrace; traced values outside [0, 1] are clipped). A concrete 0 returns
-        ``x`` itself and uses no randomness.
+      drop_prob: in [0, 1]; a Python float or a real scalar array that may be traced (changing
+        it does not retrace). A concrete 0 returns ``x`` itself and uses no randomness. A
+        traced value outside [0, 1] is clipped, and a traced NaN makes the whole output NaN.
       block_size: an int or one int per spatial dimension (static); clipped to the map.
       channel_axis: ``-1`` or ``1``.
       seed_region: ``"valid"`` (the paper: every block lies inside the map) or ``"full"``
@@ -354,9 +449,14 @@ def dropblock(
       share_batch: one mask shared by the whole batch.
       normalize: ``"batch"``, ``"sample"``, ``"expected"`` or ``"none"`` (see ``apply_seeds``).
       noise: dropped units receive standard normal noise instead of zero, no rescale.
+      spatial_dims: the number of spatial dimensions (1 to 3). Given it, an ``x`` of rank
+        ``spatial_dims + 2`` is a batch and one of rank ``spatial_dims + 1`` a single example
+        (a batch of one: ``"sample"`` and ``"batch"`` agree); any other rank is an error.
+        None: ``x.ndim - 2``.
 
     Returns:
-      An array of ``x``'s shape and dtype. ``drop_prob=1`` gives zeros (or pure noise).
+      An array of ``x``'s shape and dtype. ``drop_prob=1`` gives zeros (or pure noise). Kept
+      units of ``x`` that are inf or NaN stay so; dropped ones become 0.
 
     Raises:
       ValueError, TypeError: for a bad argument, naming it and its value.
@@ -371,28 +471,84 @@ def dropblock(
       >>> step = jax.jit(dropblock, static_argnames=("block_size",))
       >>> step(x, jax.random.key(1), 0.2, block_size=7).shape
       (8, 28, 28, 16)
+      >>> per_example = jax.vmap(lambda x, key: dropblock(x, key, 0.1, 7, spatial_dims=2))
+      >>> per_example(x, jax.random.split(jax.random.key(2), 8)).shape
+      (8, 28, 28, 16)
     """
+    return _checked_dropblock(
+        x,
+        key,
+        drop_prob,
+        block_size,
+        rate_in_graph=False,
+        channel_axis=channel_axis,
+        seed_region=seed_region,
+        calibrate=calibrate,
+        share_channels=share_channels,
+        share_batch=share_batch,
+        normalize=normalize,
+        noise=noise,
+        spatial_dims=spatial_dims,
+    )
+
+
+def layer_dropblock(
+    x: jax.typing.ArrayLike, key: jax.Array, drop_prob: jax.typing.ArrayLike, block_size: BlockSize, **options
+) -> jax.Array:
+    """``dropblock`` as the Flax layers run it: the rate always worked out in the compiled program.
+
+    ``dropblock`` works out a concrete rate in float64 before tracing and picks the sampler
+    for it; a traced one is worked out in float32 inside the program. A layer's rate is
+    concrete when it runs eagerly and traced under ``jit``, so the layers take the traced
+    route either way: the same key then gives the same mask eagerly and under ``nnx.jit``.
+    A concrete rate is still validated, and a concrete 0 still returns ``x``.
+    """
+    return _checked_dropblock(x, key, drop_prob, block_size, rate_in_graph=True, **options)
+
+
+def _checked_dropblock(
+    x: jax.typing.ArrayLike,
+    key: jax.Array,
+    drop_prob: jax.typing.ArrayLike,
+    block_size: BlockSize,
+    *,
+    rate_in_graph: bool,
+    channel_axis: int = -1,
+    seed_region: str = "valid",
+    calibrate: bool = False,
+    share_channels: bool = False,
+    share_batch: bool = False,
+    normalize: str = "batch",
+    noise: bool = False,
+    spatial_dims: int | None = None,
+) -> jax.Array:
     x = jnp.asarray(x)
-    layout = _layout(x.shape, channel_axis, block_size)
+    shape, batched = _batched_shape(x.shape, spatial_dims, "x")
+    layout = _layout(shape, channel_axis, block_size)
     _check_floating(x)
     _check_key(key)
-    validation.check_options(seed_region, normalize)
-    concrete = _concrete_drop_prob(drop_prob)
+    validation.check_options(
+        seed_region, normalize, calibrate=calibrate, share_channels=share_channels, share_batch=share_batch, noise=noise
+    )
+    concrete = concrete_drop_prob(drop_prob)
     if concrete == 0.0 or x.size == 0:
         return x
-    rate = None if concrete is None else _concrete_rates(concrete, layout, seed_region, calibrate)
+    rate = None if concrete is None or rate_in_graph else _concrete_rates(concrete, layout, seed_region, calibrate)
     seed_shape = layout.seed_shape(seed_region, share_channels, share_batch)
     budget = sampling.seed_budget(math.prod(seed_shape), None if rate is None else float(rate[0]))
-    return _dropblock(x, key, drop_prob, rate, layout, seed_region, calibrate, seed_shape, budget, normalize, noise)
+    return _dropblock(
+        x, key, drop_prob, rate, layout, batched, seed_region, calibrate, seed_shape, budget, normalize, noise
+    )
 
 
-@functools.partial(jax.jit, static_argnums=range(4, 11))
+@functools.partial(jax.jit, static_argnums=range(4, 12))
 def _dropblock(
     x: jax.Array,
     key: jax.Array,
     drop_prob: jax.typing.ArrayLike,
     rate: tuple[np.ndarray, np.ndarray] | None,
     layout: _Layout,
+    batched: bool,
     seed_region: str,
     calibrate: bool,
     seed_shape: tuple[int, ...],
@@ -401,8 +557,15 @@ def _dropblock(
     noise: bool,
 ) -> jax.Array:
     """``dropblock`` after validation; ``rate`` is (gamma, expected drop) when ``drop_prob`` is concrete."""
+    if not batched:
+        x = x[None]
     seed_key, noise_key = jax.random.split(key) if noise else (key, None)
-    gamma, expected = _traced_rates(drop_prob, layout, seed_region, calibrate) if rate is None else rate
+    if rate is None:
+        gamma, expected = _traced_rates(drop_prob, layout, seed_region, calibrate)
+        guard = _nan_guard(drop_prob, jnp.promote_types(x.dtype, jnp.float32))
+    else:
+        (gamma, expected), guard = rate, None
     packing = bitmask.packing(seed_shape, layout.channel_axis)
     words = sampling.bernoulli_words(seed_key, gamma, seed_shape, packing, budget)
-    return _expand_and_apply(x, words, packing, layout, seed_region, normalize, noise_key, expected)
+    out = _expand_and_apply(x, words, packing, layout, seed_region, normalize, noise_key, expected, guard)
+    return out if batched else out[0]

@@ -285,6 +285,55 @@ KEY = jax.random.key(0)
             r"expected_drop",
         ),
         (lambda: dj.sample_seeds(KEY, (2, 8), 0.1, 3), ValueError, r"shape\.ndim=2"),
+        # Rank against spatial_dims: x and spatial_dims named.
+        (
+            lambda: dj.dropblock(jnp.ones((8, 8)), KEY, 0.1, 3, spatial_dims=2),
+            ValueError,
+            r"spatial_dims=2, got x\.ndim=2",
+        ),
+        (lambda: dj.dropblock(X[None], KEY, 0.1, 3, spatial_dims=2), ValueError, r"spatial_dims=2, got x\.ndim=5"),
+        (lambda: dj.dropblock(X, KEY, 0.1, 3, spatial_dims=4), ValueError, r"spatial_dims=4"),
+        (lambda: dj.dropblock(X, KEY, 0.1, 3, spatial_dims=True), ValueError, r"spatial_dims=True"),
+        (
+            lambda: dj.sample_seeds(KEY, (8,), 0.1, 3, spatial_dims=2),
+            ValueError,
+            r"^shape must .*spatial_dims=2, got shape\.ndim=1",
+        ),
+        (
+            lambda: dj.apply_seeds(X[0], jnp.ones((6, 6, 3)), 3, spatial_dims=3),
+            ValueError,
+            r"spatial_dims=3, got x\.ndim=3",
+        ),
+        # Boolean options must be bools: a string is truthy whatever it says.
+        (lambda: dj.dropblock(X, KEY, 0.1, 3, calibrate="False"), TypeError, r"calibrate='False'"),
+        (lambda: dj.dropblock(X, KEY, 0.1, 3, share_channels=1), TypeError, r"share_channels=1"),
+        (lambda: dj.dropblock(X, KEY, 0.1, 3, share_batch=None), TypeError, r"share_batch=None"),
+        (lambda: dj.dropblock(X, KEY, 0.1, 3, noise="yes"), TypeError, r"noise='yes'"),
+        (lambda: dj.sample_seeds(KEY, X.shape, 0.1, 3, calibrate=0), TypeError, r"calibrate=0"),
+        (lambda: dj.dropblock(X, KEY, 0.1, 3, normalize=None), ValueError, r"normalize=None"),
+        (lambda: dj.apply_seeds(X, jnp.ones((2, 6, 6, 3)), 3, normalize=None), ValueError, r"normalize=None"),
+        # drop_prob: a bool is not a rate, whatever its type; nor is a string.
+        (lambda: dj.dropblock(X, KEY, True, 3), TypeError, r"drop_prob=True"),
+        (lambda: dj.dropblock(X, KEY, np.bool_(True), 3), TypeError, r"drop_prob"),
+        (lambda: dj.dropblock(X, KEY, jnp.array(False), 3), TypeError, r"drop_prob"),
+        (lambda: jax.jit(lambda p: dj.dropblock(X, KEY, p, 3))(jnp.array(True)), TypeError, r"drop_prob.*bool"),
+        (lambda: dj.dropblock(X, KEY, "0.1", 3), TypeError, r"drop_prob='0\.1'"),
+        (lambda: dj.sample_seeds(KEY, X.shape, "0.1", 3), TypeError, r"drop_prob='0\.1'"),
+        (
+            lambda: dj.apply_seeds(X, jnp.ones((2, 6, 6, 3)), 3, normalize="expected", expected_drop=2.0),
+            ValueError,
+            r"expected_drop=2\.0",
+        ),
+        (
+            lambda: dj.apply_seeds(X, jnp.ones((2, 6, 6, 3)), 3, normalize="expected", expected_drop=1.0),
+            ValueError,
+            r"expected_drop=1\.0",
+        ),
+        (lambda: dj.apply_seeds(X, jnp.ones((2, 6, 6, 3)), 3, expected_drop=True), TypeError, r"expected_drop"),
+        (lambda: dj.dropblock(X.astype(jnp.float8_e4m3fn), KEY, 0.1, 3), TypeError, r"x\.dtype=float8_e4m3fn"),
+        (lambda: dj.apply_seeds(X.astype(jnp.float8_e5m2), jnp.ones((2, 6, 6, 3)), 3), TypeError, r"x\.dtype=float8"),
+        (lambda: dj.sample_seeds(KEY, (2, 4, -1, 8), 0.1, 3), ValueError, r"^shape must .*shape=\(2, 4, -1, 8\)"),
+        (lambda: dj.sample_seeds(KEY, (2, 0, 5, 8), 0.1, 3), ValueError, r"^shape must .*shape=\(2, 0, 5, 8\)"),
     ],
 )
 def test_bad_arguments_raise_with_the_argument_named(call, error, match):
@@ -293,5 +342,174 @@ def test_bad_arguments_raise_with_the_argument_named(call, error, match):
 
 
 def test_traced_block_size_says_to_make_it_static():
-    with pytest.raises(TypeError, match=r"static_argnames=\('block_size',\)"):
+    with pytest.raises(TypeError, match=r"block_size must hold Python ints"):
         jax.jit(dj.dropblock)(X, KEY, 0.1, 3)
+
+
+def test_a_traced_expected_drop_is_not_checked_and_works():
+    seeds = jnp.zeros((2, 6, 6, 3), bool).at[:, 2, 2].set(True)
+    out = jax.jit(lambda e: dj.apply_seeds(X, seeds, 3, normalize="expected", expected_drop=e))(0.5)
+    np.testing.assert_array_equal(np.unique(np.asarray(out)), [0.0, 2.0])
+
+
+# --- spatial_dims: one unbatched example, as jax.vmap over examples passes it ---------------
+
+
+def whole_blocks(dropped, block, axes):
+    """Whether boolean maps (spatial ``axes``) are unions of whole ``block``-boxes lying inside them.
+
+    The morphological opening of the dropped set by the block is the set itself.
+    """
+    grid_shape = list(dropped.shape)
+    for axis, k in zip(axes, block):
+        grid_shape[axis] -= k - 1
+    fits = np.ones(grid_shape, bool)
+    for offset in np.ndindex(*block):
+        window = [slice(None)] * dropped.ndim
+        for axis, o in zip(axes, offset):
+            window[axis] = slice(o, o + grid_shape[axis])
+        fits &= dropped[tuple(window)]
+    spatial = [dropped.shape[axis] for axis in axes]
+    return np.array_equal(dropped_mask(fits, spatial, block, axes, "valid"), dropped)
+
+
+@pytest.mark.parametrize("channel_axis", [-1, 1])
+def test_vmap_over_unbatched_examples_drops_whole_square_blocks(channel_axis):
+    xs = random_x((4, 16, 16, 3))
+    if channel_axis == 1:
+        xs = jnp.moveaxis(xs, -1, 1)
+    keys = jax.random.split(jax.random.key(1), 4)
+    per_example = jax.jit(
+        jax.vmap(lambda x, key: dj.dropblock(x, key, 0.25, 4, channel_axis=channel_axis, spatial_dims=2))
+    )
+    out = np.asarray(per_example(xs, keys))
+    axes = (1, 2) if channel_axis == -1 else (2, 3)
+    for i in range(4):
+        # One example is a batch of one: exactly the batched call with a batch axis of 1.
+        single = dj.dropblock(xs[i][None], keys[i], 0.25, 4, channel_axis=channel_axis)[0]
+        np.testing.assert_array_equal(out[i], single)
+        dropped = out[i][None] == 0
+        assert 0.05 < dropped.mean() < 0.5
+        assert whole_blocks(dropped, (4, 4), axes)
+    # Without spatial_dims, (H, W, C) was read as a batch of H rows: 1-D strips, not squares.
+    rows = np.asarray(jax.vmap(lambda x, key: dj.dropblock(x, key, 0.25, 4, channel_axis=-1))(xs, keys))
+    if channel_axis == -1:
+        assert not all(whole_blocks(rows[i][None] == 0, (4, 4), (1, 2)) for i in range(4))
+
+
+def test_one_example_is_a_batch_of_one_in_every_function():
+    x = random_x((9, 8, 4))
+    key = jax.random.key(5)
+    seeds = dj.sample_seeds(key, x.shape, 0.3, 3, spatial_dims=2)
+    np.testing.assert_array_equal(seeds, dj.sample_seeds(key, (1, *x.shape), 0.3, 3)[0])
+    assert seeds.shape == (7, 6, 4)
+    out = dj.apply_seeds(x, seeds, 3, spatial_dims=2)
+    np.testing.assert_array_equal(out, dj.apply_seeds(x[None], seeds[None], 3)[0])
+    # A batch of one: the sample normalisation is the batch one, and sharing the batch is moot.
+    for options in ({"normalize": "sample"}, {"share_batch": True}):
+        np.testing.assert_array_equal(
+            dj.dropblock(x, key, 0.3, 3, spatial_dims=2, **options), dj.dropblock(x, key, 0.3, 3, spatial_dims=2)
+        )
+    # A batched input with spatial_dims given is a batch, as without it.
+    np.testing.assert_array_equal(
+        dj.dropblock(x[None], key, 0.3, 3, spatial_dims=2), dj.dropblock(x[None], key, 0.3, 3)
+    )
+    # With spatial_dims=1 the same rank-3 array is a batch of 1-D maps, as without spatial_dims.
+    np.testing.assert_array_equal(dj.dropblock(x, key, 0.3, 3, spatial_dims=1), dj.dropblock(x, key, 0.3, 3))
+
+
+# --- a traced NaN rate, inf and NaN inputs, checkify, 2**31 elements ---------------------------
+
+
+SMALL, SPARSE = (2, 10, 10, 3), (2, 64, 64, 8)  # the second's seed grid is drawn sparsely
+
+
+@pytest.mark.parametrize(
+    "normalize, noise, calibrate, shape",
+    [(normalize, False, False, SMALL) for normalize in ("batch", "sample", "expected", "none")]
+    + [("batch", False, True, SMALL), ("none", True, False, SMALL)]
+    + [("sample", False, False, SPARSE), ("expected", False, True, SPARSE), ("batch", True, False, SPARSE)],
+)
+def test_a_traced_nan_rate_makes_the_whole_output_nan(normalize, noise, calibrate, shape):
+    if shape == SPARSE:
+        assert dj.sampling.seed_budget(2 * 62 * 62 * 8, None) is not None
+    x = random_x(shape)
+    step = jax.jit(lambda p: dj.dropblock(x, KEY, p, 3, normalize=normalize, noise=noise, calibrate=calibrate))
+    assert bool(jnp.isnan(step(jnp.float32(jnp.nan))).all())
+    # The same program with a finite rate: no NaN anywhere.
+    assert bool(jnp.isfinite(step(jnp.float32(0.2))).all())
+
+
+def test_inf_and_nan_inputs_stay_where_kept_and_vanish_where_dropped_in_apply_seeds():
+    # Shared seeds (a size-1 channel and batch axis) and per-unit ones, every normalisation.
+    x = np.array(random_x((2, 10, 10, 4)))
+    x[0, 2:8, 2:8, 0] = np.inf
+    x[1, 1:9, 1:9, 1] = np.nan
+    x[0, 0:10:3, :, 2] = -np.inf
+    for seed_shape in [(2, 8, 8, 4), (2, 8, 8, 1), (1, 8, 8, 1)]:
+        seeds = np.zeros(seed_shape, bool)
+        seeds[..., 3, 3, :] = True
+        for normalize in ["batch", "sample", "expected", "none"]:
+            out = np.asarray(dj.apply_seeds(x, seeds, 3, normalize=normalize, expected_drop=0.1))
+            dropped = np.broadcast_to(dropped_mask(seeds, (10, 10), (3, 3), (1, 2), "valid"), x.shape)
+            np.testing.assert_array_equal(out[dropped], 0.0)
+            np.testing.assert_array_equal(np.isnan(out), np.isnan(x) & ~dropped)
+            kept_inf = np.isinf(x) & ~dropped
+            assert kept_inf.any() and (np.isinf(x) & dropped).any()
+            np.testing.assert_array_equal(out[kept_inf], x[kept_inf])  # the same sign
+            assert np.isfinite(out[np.isfinite(x)]).all()
+
+
+CHECKIFY_SHAPE = (2, 32, 32, 16)  # 2 * 30 * 30 * 16 = 28800 seed positions: the sparse sampler
+
+
+@pytest.mark.parametrize(
+    "normalize, calibrate", [("batch", False), ("sample", True), ("expected", True), ("none", False)]
+)
+def test_checkify_float_checks_find_no_division_by_zero_or_nan(normalize, calibrate):
+    from jax.experimental import checkify
+
+    assert dj.sampling.seed_budget(2 * 30 * 30 * 16, None) is not None
+    x = random_x(CHECKIFY_SHAPE)
+
+    def run(x, p):
+        return dj.dropblock(x, KEY, p, 3, normalize=normalize, calibrate=calibrate)
+
+    checked = jax.jit(checkify.checkify(run, errors=checkify.float_checks))
+    for p in (jnp.float32(0.0), jnp.float32(1.0), jnp.float32(0.1)):
+        error, out = checked(x, p)
+        assert error.get() is None, (float(p), error.get())
+    for p in (0.0, 1.0):
+        error, out = jax.jit(checkify.checkify(lambda x, p=p: run(x, p), errors=checkify.float_checks))(x)
+        assert error.get() is None, (p, error.get())
+        if p == 1.0:
+            np.testing.assert_array_equal(out, 0.0)
+
+
+@pytest.mark.parametrize(
+    "shape, options",
+    [
+        ((2, 1024, 1024, 1024), {}),  # 2**31 units, one mask each: per-channel
+        ((2, 1024, 1024, 1024), {"normalize": "sample", "noise": False}),
+        ((1, 65536, 32768, 1), {"share_channels": True}),  # a shared mask of 2**31 units
+        ((2, 32768, 32768, 2), {"share_channels": True, "share_batch": True, "seed_region": "full"}),
+        ((2, 1024, 1024, 1024), {"noise": True}),
+    ],
+)
+@pytest.mark.parametrize("traced", [False, True])
+def test_two_to_the_31_elements_or_more_trace_without_int32_overflow(shape, options, traced):
+    x = jax.ShapeDtypeStruct(shape, jnp.float32)
+    if traced:
+        run = jax.jit(lambda x, p: dj.dropblock(x, KEY, p, 7, **options))
+        lowered = run.lower(x, jax.ShapeDtypeStruct((), jnp.float32))
+    else:
+        run = jax.jit(lambda x: dj.dropblock(x, KEY, 0.1, 7, **options))
+        lowered = run.lower(x)
+    assert lowered.out_info.shape == shape
+    sharing = {name: options.get(name, False) for name in ("share_channels", "share_batch")}
+    region = options.get("seed_region", "valid")
+    seeds = jax.eval_shape(lambda: dj.sample_seeds(KEY, shape, 0.1, 7, seed_region=region, **sharing))
+    assert seeds.dtype == jnp.bool_
+    normalize = options.get("normalize", "batch")
+    applied = jax.eval_shape(lambda x, s: dj.apply_seeds(x, s, 7, seed_region=region, normalize=normalize), x, seeds)
+    assert applied.shape == shape

@@ -16,7 +16,7 @@ import dataclasses
 import functools
 import math
 import numbers
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -139,6 +139,31 @@ def concrete_zero(drop_prob: object) -> bool:
         return float(drop_prob) == 0.0  # type: ignore[arg-type]
     except (TypeError, ValueError):
         return False
+
+
+def scheduled_rate(schedule: Callable, step: jax.typing.ArrayLike) -> jax.Array:
+    """``schedule(step)`` worked out as a compiled program, as it is under ``jit``.
+
+    XLA rewrites some arithmetic (a division by a constant becomes a multiplication by its
+    reciprocal), so a schedule evaluated op by op can differ in the last bit from the same
+    schedule inside a jitted train step; compiled either way, the layers' eager and jitted
+    runs see the same rate. A schedule that cannot be hashed is called as it is.
+
+    Examples:
+      >>> from dropblock_jax import schedules
+      >>> round(float(scheduled_rate(schedules.ramp(0.1, 100), 50)), 6)
+      0.05
+    """
+    try:
+        hash(schedule)
+    except TypeError:
+        return schedule(step)
+    return _compiled_schedule(schedule, step)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _compiled_schedule(schedule: Callable, step: jax.typing.ArrayLike) -> jax.Array:
+    return schedule(step)
 
 
 def _jnp_asarray(values: np.ndarray, like: jax.Array) -> jax.Array:

@@ -3,19 +3,57 @@
 DropBlock (Ghiasi, Lin, Le, 2018, arXiv:1810.12890) drops contiguous blocks of a feature map.
 The module has Dropout's vocabulary: a ``deterministic`` attribute (so ``model.train()``,
 ``model.eval()`` and ``nnx.view`` reach it), an ``rng_collection="dropout"`` stream, and
-``rngs`` at construction or at call time. Built with a schedule (``step -> drop_prob``), it
-keeps its step as state and advances it once per training call.
+``rngs`` at construction or at call time. A training call draws exactly one key from its
+stream, whatever the rate, so an eager run and an ``nnx.jit`` run from the same seed agree.
+
+A constant ``drop_prob`` lives in a ``DropRate`` variable (float32 state, not an ``nnx.Param``):
+``layer.drop_prob = 0.2`` between calls never retraces a jitted step. Built with a schedule
+(``step -> drop_prob``), the layer keeps its step in a ``ScheduleStep`` variable and, unless
+``auto_step=False``, advances it once per training call. ``set_step(model, step)`` sets the
+step of every scheduled DropBlock in a model from outside, e.g. from the optimizer.
+
+Gradient accumulation makes several forward calls per optimizer step, which would run a
+self-advancing schedule too fast. Build the layers with ``auto_step=False`` and set their
+step from the optimizer's at the start of each step:
+
+>>> import jax, jax.numpy as jnp, optax
+>>> from flax import nnx
+>>> from dropblock_jax import schedules
+>>> class Net(nnx.Module):
+...     def __init__(self, rngs):
+...         self.conv = nnx.Conv(1, 4, (3, 3), rngs=rngs)
+...         self.drop = DropBlock(schedules.ramp(0.1, 100), 3, auto_step=False, rngs=rngs)
+...         self.head = nnx.Linear(4, 2, rngs=rngs)
+...     def __call__(self, x):
+...         return self.head(self.drop(nnx.relu(self.conv(x))).mean(axis=(1, 2)))
+>>> model = Net(nnx.Rngs(0, dropout=1))
+>>> optimizer = nnx.Optimizer(model, optax.sgd(0.1), wrt=nnx.Param)
+>>> @nnx.jit
+... def train_step(model, optimizer, images, labels):
+...     set_step(model, optimizer.step)  # the schedule follows optimizer steps, not forward calls
+...     def loss_fn(model, x, y):
+...         return optax.softmax_cross_entropy_with_integer_labels(model(x), y).mean()
+...     grads = None
+...     for x, y in zip(jnp.split(images, 2), jnp.split(labels, 2)):  # two micro-batches
+...         g = nnx.grad(loss_fn)(model, x, y)
+...         grads = g if grads is None else jax.tree.map(jnp.add, grads, g)
+...     optimizer.update(model, jax.tree.map(lambda g: g / 2, grads))
+>>> images, labels = jnp.ones((8, 8, 8, 1)), jnp.zeros(8, jnp.int32)
+>>> for _ in range(3):
+...     train_step(model, optimizer, images, labels)
+>>> int(model.drop.step[...]), int(optimizer.step[...])  # step 2 was the last one used
+(2, 3)
 """
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
-from flax.nnx import rnglib
-from flax.nnx.module import first_from
 
 from dropblock_common import validation
 from dropblock_jax import functional
@@ -29,10 +67,23 @@ _NO_DETERMINISTIC = (
     "No `deterministic` argument was given to DropBlock. Pass deterministic=True/False to the "
     "constructor or to the call, or use model.train() / model.eval() or nnx.view(model, deterministic=...)."
 )
+_INT32_MAX = 2**31 - 1
 
 
 class ScheduleStep(nnx.Variable):
     """How many training calls a scheduled DropBlock has made: the step its schedule reads."""
+
+
+class DropRate(nnx.Variable):
+    """A constant ``drop_prob`` as float32 state, so that changing it never retraces ``nnx.jit``.
+
+    Not an ``nnx.Param``: an optimizer built with ``wrt=nnx.Param`` leaves it alone.
+    """
+
+
+def _first_given(*values: object) -> object:
+    """The first value that is not None, else None (``nnx.Dropout`` merges call and attribute so)."""
+    return next((value for value in values if value is not None), None)
 
 
 class DropBlock(nnx.Module):
@@ -40,14 +91,21 @@ class DropBlock(nnx.Module):
 
     Args:
       drop_prob: the fraction of units to drop, in [0, 1], or a schedule ``step -> drop_prob``
-        (``dropblock_jax.schedules``, or any optax schedule).
+        (``dropblock_jax.schedules``, or any optax schedule). Read and written back as
+        ``layer.drop_prob``; a constant is held in ``layer.rate``, a ``DropRate`` variable.
       block_size: an int or one int per spatial dimension.
-      channel_axis, seed_region, calibrate, share_channels, share_batch, normalize, noise:
-        as in ``dropblock_jax.dropblock``.
+      channel_axis, seed_region, calibrate, share_channels, share_batch, normalize, noise,
+        spatial_dims: as in ``dropblock_jax.dropblock``; kept as plain attributes. With
+        ``spatial_dims``, an input of rank ``spatial_dims + 1`` is one example (``nnx.vmap``).
+      auto_step: with a schedule, advance ``layer.step`` once per training call. False: the
+        step changes only through ``set_step`` (gradient accumulation, see the module doc).
       deterministic: if True, the layer is the identity (eval mode).
       rng_collection: the ``nnx.Rngs`` stream the masks are drawn from.
       rngs: an ``nnx.Rngs`` or ``RngStream`` (forked, as ``nnx.Dropout`` does), or None if
         keys are passed at call time.
+
+    Raises:
+      ValueError, TypeError: for a bad option, naming it.
 
     Examples:
       >>> from flax import nnx
@@ -61,6 +119,9 @@ class DropBlock(nnx.Module):
       >>> layer.eval()
       >>> bool((layer(jnp.ones((2, 8, 8, 4))) == 1).all())
       True
+      >>> layer.drop_prob = 0.1  # a constant from now on, read back as given
+      >>> layer.drop_prob
+      0.1
     """
 
     def __init__(
@@ -75,71 +136,155 @@ class DropBlock(nnx.Module):
         share_batch: bool = False,
         normalize: str = "batch",
         noise: bool = False,
+        spatial_dims: int | None = None,
+        auto_step: bool = True,
         deterministic: bool | None = False,
         rng_collection: str = "dropout",
-        rngs: rnglib.Rngs | rnglib.RngStream | None = None,
+        rngs: nnx.Rngs | nnx.RngStream | None = None,
     ):
-        validation.check_module_options(block_size, seed_region, normalize, channel_axis)
-        self.drop_prob = validation.rate_or_schedule(drop_prob)
-        self.block_size = block_size
-        self.options = dict(
-            channel_axis=channel_axis,
-            seed_region=seed_region,
+        validation.check_module_options(
+            block_size,
+            seed_region,
+            normalize,
+            channel_axis,
+            spatial_dims,
             calibrate=calibrate,
             share_channels=share_channels,
             share_batch=share_batch,
-            normalize=normalize,
             noise=noise,
+            auto_step=auto_step,
         )
-        self.step = ScheduleStep(jnp.zeros((), jnp.int32)) if callable(drop_prob) else None
+        if deterministic is not None:
+            validation.check_flag(deterministic, "deterministic")
+        if not isinstance(rng_collection, str):
+            raise TypeError(f"rng_collection must be the name of an nnx.Rngs stream, got {rng_collection=!r}.")
+        self.block_size = tuple(block_size) if isinstance(block_size, Sequence) else block_size
+        self.channel_axis = channel_axis
+        self.seed_region = seed_region
+        self.calibrate = calibrate
+        self.share_channels = share_channels
+        self.share_batch = share_batch
+        self.normalize = normalize
+        self.noise = noise
+        self.spatial_dims = spatial_dims
+        self.auto_step = auto_step
         self.deterministic = deterministic
         self.rng_collection = rng_collection
-        if isinstance(rngs, rnglib.Rngs):
+        self.schedule: Callable | None = None
+        self.rate: DropRate | None = nnx.data(None)
+        self.step: ScheduleStep | None = nnx.data(None)
+        self.drop_prob = drop_prob
+        if isinstance(rngs, nnx.Rngs):
             self.rngs = rngs[rng_collection].fork()
-        elif isinstance(rngs, rnglib.RngStream):
+        elif isinstance(rngs, nnx.RngStream):
             self.rngs = rngs.fork()
         elif rngs is None:
             self.rngs = nnx.data(None)
         else:
-            raise TypeError(f"rngs must be an nnx.Rngs, an nnx.RngStream or None, got {type(rngs).__name__}.")
+            raise TypeError(f"rngs must be an nnx.Rngs, an nnx.RngStream or None, got rngs={rngs!r}.")
+
+    @property
+    def drop_prob(self) -> float | Callable | jax.Array:
+        """The schedule, or the constant rate as the Python float it was given as.
+
+        The rate is stored in float32; read back, it is the shortest decimal that rounds to
+        that float32, which is the value given for any rate written with up to 7 significant
+        digits (``0.1`` reads back as ``0.1``). Under a trace it is the traced float32.
+        """
+        if self.schedule is not None:
+            return self.schedule
+        value = self.rate[...]
+        if isinstance(value, jax.core.Tracer):
+            return value
+        return float(str(np.float32(np.asarray(value))))
+
+    @drop_prob.setter
+    def drop_prob(self, drop_prob: float | Callable | jax.Array) -> None:
+        if callable(drop_prob):
+            self.schedule = drop_prob
+            if self.step is None:
+                self.step = ScheduleStep(jnp.zeros((), jnp.int32))
+            return
+        functional.concrete_drop_prob(drop_prob)  # validated, traced values included
+        value = jnp.asarray(drop_prob, jnp.float32)
+        self.schedule = None
+        if self.rate is None:
+            self.rate = DropRate(value)
+        else:
+            self.rate[...] = value
 
     def __call__(
         self,
         x: jax.Array,
         *,
         deterministic: bool | None = None,
-        rngs: rnglib.Rngs | rnglib.RngStream | jax.Array | None = None,
+        rngs: nnx.Rngs | nnx.RngStream | jax.Array | None = None,
         drop_prob: jax.typing.ArrayLike | None = None,
     ) -> jax.Array:
         """Apply DropBlock to ``x`` in training mode, return ``x`` in eval mode.
 
+        A training call draws one key from its stream (even at a rate of 0) and, with a
+        schedule and ``auto_step``, advances the step.
+
         Args:
-          x: ``(N, *spatial, C)`` (or ``(N, C, *spatial)`` with ``channel_axis=1``).
+          x: ``(N, *spatial, C)`` (or ``(N, C, *spatial)`` with ``channel_axis=1``); one example
+            ``(*spatial, C)`` given ``spatial_dims``.
           deterministic: overrides the module's ``deterministic`` for this call.
           rngs: an ``nnx.Rngs``, an ``RngStream`` or a key; overrides the module's.
           drop_prob: overrides the stored rate or schedule for this call (may be traced).
 
         Returns:
           An array of ``x``'s shape and dtype.
+
+        Raises:
+          ValueError, TypeError: for a bad argument, or training with no key, saying how to fix it.
         """
-        if first_from(deterministic, self.deterministic, error_msg=_NO_DETERMINISTIC):
+        deterministic = _first_given(deterministic, self.deterministic)
+        if deterministic is None:
+            raise ValueError(_NO_DETERMINISTIC)
+        if validation.check_flag(deterministic, "deterministic"):
             return x
         rate = self._rate() if drop_prob is None else drop_prob
-        if self.step is not None:
+        if self.step is not None and self.schedule is not None and self.auto_step:
             self.step[...] = self.step[...] + 1
-        if functional.concrete_zero(rate):
-            return x
-        return functional.dropblock(x, self._key(rngs), rate, self.block_size, **self.options)
+        key = self._key(rngs)
+        if key is None:
+            if functional.concrete_zero(rate):
+                return x
+            raise ValueError(_NO_RNG)
+        return functional.layer_dropblock(
+            x,
+            key,
+            rate,
+            self.block_size,
+            channel_axis=self.channel_axis,
+            seed_region=self.seed_region,
+            calibrate=self.calibrate,
+            share_channels=self.share_channels,
+            share_batch=self.share_batch,
+            normalize=self.normalize,
+            noise=self.noise,
+            spatial_dims=self.spatial_dims,
+        )
 
     def _rate(self) -> jax.typing.ArrayLike:
-        return self.drop_prob(self.step[...]) if self.step is not None else self.drop_prob
+        if self.schedule is not None:
+            return functional.scheduled_rate(self.schedule, self.step[...])
+        return self.rate[...]
 
-    def _key(self, rngs: rnglib.Rngs | rnglib.RngStream | jax.Array | None) -> jax.Array:
-        rngs = first_from(rngs, self.rngs, error_msg=_NO_RNG)
-        if isinstance(rngs, rnglib.Rngs):
+    def _key(self, rngs: nnx.Rngs | nnx.RngStream | jax.Array | None) -> jax.Array | None:
+        """One key from the call's ``rngs`` or else the module's, None if there are none."""
+        rngs = _first_given(rngs, self.rngs)
+        if rngs is None:
+            return None
+        if isinstance(rngs, nnx.Rngs):
             return rngs[self.rng_collection]()
-        if isinstance(rngs, rnglib.RngStream):
+        if isinstance(rngs, nnx.RngStream):
             return rngs()
+        if not functional.is_key(rngs):
+            raise TypeError(
+                f"rngs must be an nnx.Rngs, an nnx.RngStream or one JAX key (jax.random.key(0)), got rngs={rngs!r}."
+            )
         return rngs
 
     def set_view(self, deterministic: bool | None = None) -> None:
@@ -150,3 +295,36 @@ class DropBlock(nnx.Module):
         """
         if deterministic is not None:
             self.deterministic = deterministic
+
+
+def set_step(model: nnx.Module, step: jax.typing.ArrayLike | nnx.Variable) -> None:
+    """Set the step of every scheduled DropBlock in ``model`` (its whole graph), in place.
+
+    Works under ``nnx.jit`` with a traced step. With layers built with ``auto_step=False``
+    this is the only way their step changes: the gradient-accumulation pattern of the module
+    docstring.
+
+    Args:
+      model: any NNX graph node (a model, a layer, a list of them).
+      step: an integer (or an integer array, or a Variable such as ``optimizer.step``); Python
+        ints are clipped to the int32 range of the step (schedules are constant past their end).
+
+    Examples:
+      >>> from flax import nnx
+      >>> from dropblock_jax import schedules
+      >>> model = nnx.Sequential(DropBlock(schedules.ramp(0.2, 10), 3), DropBlock(0.1, 3))
+      >>> set_step(model, 5)
+      >>> int(model.layers[0].step[...]), round(float(model.layers[0].drop_prob(5)), 3)
+      (5, 0.1)
+    """
+    if isinstance(step, nnx.Variable):
+        step = step[...]
+    if isinstance(step, numbers.Integral):
+        step = min(max(int(step), 0), _INT32_MAX)
+    step = jnp.asarray(step)
+    if not jnp.issubdtype(step.dtype, jnp.integer) or step.ndim != 0:
+        raise TypeError(f"step must be one integer, got step={step!r}.")
+    step = step.astype(jnp.int32)
+    for _, node in nnx.iter_graph(model):
+        if isinstance(node, DropBlock) and node.schedule is not None and node.step is not None:
+            node.step[...] = step

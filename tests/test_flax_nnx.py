@@ -9,7 +9,7 @@ from flax import nnx
 
 import dropblock_jax as dj
 from dropblock_jax import schedules
-from dropblock_jax.nnx import DropBlock, ScheduleStep
+from dropblock_jax.nnx import DropBlock, DropRate, ScheduleStep, set_step
 
 X = jax.random.uniform(jax.random.key(9), (4, 12, 12, 8), minval=0.5, maxval=1.5)
 
@@ -154,6 +154,16 @@ def test_a_small_model_trains_under_nnx_jit():
         (lambda: DropBlock(0.1, 3, normalize="mean"), ValueError, r"normalize='mean'"),
         (lambda: DropBlock(0.1, 3, channel_axis=2), ValueError, r"channel_axis=2"),
         (lambda: DropBlock(0.1, 3, rngs=jax.random.key(0)), TypeError, r"rngs must be"),
+        (lambda: DropBlock(0.1, 3, calibrate="False"), TypeError, r"calibrate='False'"),
+        (lambda: DropBlock(0.1, 3, share_channels=1), TypeError, r"share_channels=1"),
+        (lambda: DropBlock(0.1, 3, noise=None), TypeError, r"noise=None"),
+        (lambda: DropBlock(0.1, 3, auto_step="no"), TypeError, r"auto_step='no'"),
+        (lambda: DropBlock(0.1, 3, deterministic="False"), TypeError, r"deterministic='False'"),
+        (lambda: DropBlock(0.1, 3, normalize=None), ValueError, r"normalize=None"),
+        (lambda: DropBlock(0.1, 3, spatial_dims=4), ValueError, r"spatial_dims=4"),
+        (lambda: DropBlock(0.1, (3, 3), spatial_dims=3), ValueError, r"block_size=\(3, 3\)"),
+        (lambda: DropBlock(True, 3), TypeError, r"drop_prob=True"),
+        (lambda: DropBlock("0.1", 3), TypeError, r"drop_prob='0\.1'"),
     ],
 )
 def test_bad_construction_fails_eagerly(build, error, match):
@@ -169,3 +179,122 @@ def test_training_without_a_key_says_how_to_fix_the_call():
 def test_missing_deterministic_says_how_to_fix_the_call():
     with pytest.raises(ValueError, match=r"deterministic=True/False"):
         DropBlock(0.1, 3, deterministic=None, rngs=nnx.Rngs(dropout=0))(X)
+
+
+@pytest.mark.parametrize(
+    "call, error, match",
+    [
+        (lambda layer: layer(X, rngs=5), TypeError, r"^rngs must be .*rngs=5"),
+        (lambda layer: layer(X, deterministic="no"), TypeError, r"deterministic='no'"),
+        (lambda layer: layer(X, drop_prob=True), TypeError, r"drop_prob=True"),
+        (lambda layer: nnx.jit(lambda m, p: m(X, drop_prob=p))(layer, jnp.array(True)), TypeError, r"drop_prob"),
+        (lambda layer: layer(X.astype(jnp.float8_e4m3fn)), TypeError, r"x\.dtype=float8_e4m3fn"),
+        (lambda layer: layer(X[0, 0]), ValueError, r"x\.ndim=2"),
+        (lambda layer: setattr(layer, "drop_prob", 1.5), ValueError, r"drop_prob=1\.5"),
+        (lambda layer: setattr(layer, "drop_prob", np.bool_(False)), TypeError, r"drop_prob"),
+    ],
+)
+def test_bad_calls_name_the_argument(call, error, match):
+    with pytest.raises(error, match=match):
+        call(DropBlock(0.1, 3, rngs=nnx.Rngs(dropout=0)))
+
+
+def test_options_are_plain_attributes():
+    layer = DropBlock(0.1, [3, 2], calibrate=True, share_batch=True, normalize="sample", spatial_dims=2)
+    assert (layer.block_size, layer.calibrate, layer.share_batch, layer.normalize) == ((3, 2), True, True, "sample")
+    assert (layer.share_channels, layer.noise, layer.auto_step, layer.spatial_dims) == (False, False, True, 2)
+    layer.share_channels = True  # reaches the next call
+    out = layer(X, rngs=jax.random.key(0), drop_prob=0.3)
+    assert ((out == 0) == (out[..., :1] == 0)).all() and (out == 0).any()
+
+
+def test_a_training_call_draws_one_key_even_at_rate_zero():
+    # A: rate 0, then 0.2. B: 0.2 throughout. Each call draws one key, so their second calls agree.
+    a, b = (DropBlock(p, 3, rngs=nnx.Rngs(dropout=3)) for p in (0.0, 0.2))
+    assert a(X) is X
+    b(X)
+    a.drop_prob = 0.2
+    np.testing.assert_array_equal(a(X), b(X))
+    assert int(a.rngs.count[...]) == int(b.rngs.count[...]) == 2
+    # No stream at all and a concrete 0: nothing to draw, x itself.
+    assert DropBlock(0.0, 3)(X) is X
+
+
+@pytest.mark.parametrize("calibrate, normalize", [(False, "batch"), (True, "expected"), (False, "none")])
+def test_eager_and_jitted_runs_from_one_seed_agree_over_a_ramp(calibrate, normalize):
+    make = lambda: DropBlock(  # noqa: E731
+        schedules.ramp(0.3, 3), 3, calibrate=calibrate, normalize=normalize, rngs=nnx.Rngs(dropout=11)
+    )
+    eager, jitted = make(), make()
+    step = nnx.jit(lambda layer, x: layer(x))
+    for t in range(5):
+        expected = eager(X)
+        np.testing.assert_array_equal(step(jitted, X), expected, err_msg=f"step {t}")
+        assert (float((expected == 0).mean()) == 0.0) == (t == 0)
+    assert int(eager.step[...]) == int(jitted.step[...]) == 5
+
+
+def test_changing_a_constant_rate_never_retraces_and_reads_back_as_given():
+    traces = []
+    layer = DropBlock(0.1, 3, rngs=nnx.Rngs(dropout=0))
+    assert isinstance(layer.rate, DropRate) and not isinstance(layer.rate, nnx.Param)
+    assert layer.rate[...].dtype == jnp.float32 and not layer.rate[...].weak_type
+
+    @nnx.jit
+    def step(layer, x):
+        traces.append(1)
+        return layer(x)
+
+    fractions = {}
+    for p in (0.1, 0.3, 0.05, 1 / 3, 0.0):
+        layer.drop_prob = p
+        fractions[p] = float((step(layer, X) == 0).mean())
+        assert layer.drop_prob == pytest.approx(p, rel=1e-7)
+    assert len(traces) == 1
+    assert fractions[0.0] == 0.0 and fractions[0.05] < fractions[0.1] < fractions[0.3]
+    layer.drop_prob = 0.1
+    assert layer.drop_prob == 0.1 and str(layer.drop_prob) == "0.1"
+    assert DropBlock(0.15, 3).drop_prob == 0.15
+
+
+def test_a_rate_or_a_schedule_may_replace_the_other():
+    layer = DropBlock(0.2, 3, rngs=nnx.Rngs(dropout=0))
+    schedule = schedules.ramp(0.3, 10)
+    layer.drop_prob = schedule
+    assert layer.drop_prob is schedule and isinstance(layer.step, ScheduleStep)
+    np.testing.assert_array_equal(layer(X), X)  # the ramp's step 0
+    assert int(layer.step[...]) == 1
+    layer.drop_prob = 0.25
+    assert layer.drop_prob == 0.25 and float((layer(X) == 0).mean()) > 0.1
+    assert int(layer.step[...]) == 1  # a constant rate has no step to advance
+
+
+def test_auto_step_false_leaves_the_step_to_set_step():
+    model = nnx.Sequential(
+        DropBlock(schedules.ramp(0.3, 4), 3, auto_step=False, rngs=nnx.Rngs(dropout=0)),
+        DropBlock(schedules.linear(0.0, 0.2, 5), 3, rngs=nnx.Rngs(dropout=1)),
+        DropBlock(0.1, 3, rngs=nnx.Rngs(dropout=2)),
+    )
+    manual, automatic, constant = model.layers
+    for _ in range(3):
+        model(X)
+    assert int(manual.step[...]) == 0 and int(automatic.step[...]) == 3
+    set_step(model, 4)
+    assert int(manual.step[...]) == int(automatic.step[...]) == 4 and constant.step is None
+    # Traced, under nnx.jit, and from a Variable such as an optimizer's step.
+    nnx.jit(lambda model, step: set_step(model, step))(model, jnp.uint32(7))
+    assert int(manual.step[...]) == 7
+    set_step(model, nnx.Variable(jnp.array(2, jnp.uint32)))
+    assert int(manual.step[...]) == 2
+    set_step(model, 10**12)  # clipped to int32, not an overflow
+    assert int(manual.step[...]) == 2**31 - 1 and float(manual.drop_prob(manual.step[...])) == pytest.approx(0.3)
+    with pytest.raises(TypeError, match=r"step must be one integer"):
+        set_step(model, 1.5)
+
+
+def test_one_example_under_nnx_vmap_with_spatial_dims():
+    layer = DropBlock(0.3, 3, spatial_dims=2)
+    keys = jax.random.split(jax.random.key(0), X.shape[0])
+    out = nnx.vmap(lambda layer, x, key: layer(x, rngs=key), in_axes=(None, 0, 0))(layer, X, keys)
+    for i in range(X.shape[0]):
+        np.testing.assert_array_equal(out[i], layer(X[i : i + 1], rngs=keys[i])[0])

@@ -3,19 +3,56 @@
 DropBlock (Ghiasi, Lin, Le, 2018, arXiv:1810.12890) drops contiguous blocks of a feature map.
 Like ``linen.Dropout``: dataclass fields, ``deterministic`` merged from the field and the call
 (``nn.merge_param``), keys from ``self.make_rng(rng_collection)`` unless ``rng=`` is given.
-Linen modules hold no mutable state by default, so a schedule reads the step passed as
-``step=``, typically the optimizer's step count.
+
+Built with a schedule (``step -> drop_prob``), the layer keeps its step as the variable
+``"step"`` of the ``"dropblock"`` collection, created by ``init``. As ``BatchNorm`` does with
+``batch_stats``, it advances the step once per training call when that collection is mutable
+(``apply(..., mutable=["dropblock"])``) and ``auto_step`` is True; ``set_step(variables, step)``
+sets it from outside (gradient accumulation: ``auto_step=False`` and the optimizer's step).
+A ``step=`` given to the call is used instead and leaves the variable alone.
+
+>>> import jax, jax.numpy as jnp
+>>> from dropblock_jax import schedules
+>>> layer = DropBlock(schedules.ramp(0.2, 100), 3)
+>>> x = jnp.ones((2, 8, 8, 4))
+>>> variables = layer.init(jax.random.key(0), x, deterministic=True)
+>>> for i in range(3):
+...     y, updates = layer.apply(
+...         variables, x, deterministic=False, rngs={"dropout": jax.random.key(i)}, mutable=["dropblock"]
+...     )
+...     variables = {**variables, **updates}
+>>> int(variables["dropblock"]["step"])
+3
+>>> int(set_step(variables, 50)["dropblock"]["step"])
+50
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
+from flax.core import FrozenDict
 
 from dropblock_common import validation
 from dropblock_jax import functional
+
+COLLECTION = "dropblock"
+_INT32_MAX = 2**31 - 1
+
+
+def _no_step_message(name: str | None) -> str:
+    layer = "DropBlock" if name is None else f"DropBlock {name!r}"
+    return (
+        f"{layer} was built with a schedule but has no step: either pass step=... to its call "
+        "(e.g. the optimizer's step count), or keep the 'dropblock' collection that init creates in the "
+        "variables given to apply, with mutable=['dropblock'] so that the step advances: "
+        "variables = model.init(key, x); y, updates = model.apply(variables, x, rngs={'dropout': key}, "
+        "mutable=['dropblock'])."
+    )
 
 
 class DropBlock(nn.Module):
@@ -24,8 +61,11 @@ class DropBlock(nn.Module):
     Attributes:
       drop_prob: the fraction of units to drop, in [0, 1], or a schedule ``step -> drop_prob``.
       block_size: an int or one int per spatial dimension.
-      channel_axis, seed_region, calibrate, share_channels, share_batch, normalize, noise:
-        as in ``dropblock_jax.dropblock``.
+      channel_axis, seed_region, calibrate, share_channels, share_batch, normalize, noise,
+        spatial_dims: as in ``dropblock_jax.dropblock``. With ``spatial_dims``, an input of
+        rank ``spatial_dims + 1`` is one example (``jax.vmap`` / ``nn.vmap`` over examples).
+      auto_step: with a schedule, advance the ``"dropblock"`` step once per training call
+        when that collection is mutable.
       deterministic: if True, the layer is the identity; may be given at call time instead.
       rng_collection: the rng collection the masks are drawn from.
 
@@ -47,11 +87,26 @@ class DropBlock(nn.Module):
     share_batch: bool = False
     normalize: str = "batch"
     noise: bool = False
+    spatial_dims: int | None = None
+    auto_step: bool = True
     deterministic: bool | None = None
     rng_collection: str = "dropout"
 
     def __post_init__(self) -> None:
-        validation.check_module_options(self.block_size, self.seed_region, self.normalize, self.channel_axis)
+        validation.check_module_options(
+            self.block_size,
+            self.seed_region,
+            self.normalize,
+            self.channel_axis,
+            self.spatial_dims,
+            calibrate=self.calibrate,
+            share_channels=self.share_channels,
+            share_batch=self.share_batch,
+            noise=self.noise,
+            auto_step=self.auto_step,
+        )
+        if self.deterministic is not None:
+            validation.check_flag(self.deterministic, "deterministic")
         validation.rate_or_schedule(self.drop_prob)
         super().__post_init__()
 
@@ -62,34 +117,106 @@ class DropBlock(nn.Module):
         deterministic: bool | None = None,
         rng: jax.Array | None = None,
         step: jax.typing.ArrayLike | None = None,
+        drop_prob: jax.typing.ArrayLike | None = None,
     ) -> jax.Array:
         """Apply DropBlock to ``x`` unless deterministic.
 
         Args:
-          x: ``(N, *spatial, C)`` (or ``(N, C, *spatial)`` with ``channel_axis=1``).
+          x: ``(N, *spatial, C)`` (or ``(N, C, *spatial)`` with ``channel_axis=1``); one example
+            ``(*spatial, C)`` given ``spatial_dims``.
           deterministic: merged with the field of the same name (one of them must be set).
           rng: a key to use instead of ``self.make_rng(self.rng_collection)``.
-          step: the training step a schedule reads; required when ``drop_prob`` is a schedule.
+          step: the step a schedule reads, instead of the ``"dropblock"`` variable.
+          drop_prob: a rate for this call instead of the field (may be traced).
 
         Returns:
           An array of ``x``'s shape and dtype.
 
         Raises:
-          ValueError: when ``drop_prob`` is a schedule and ``step`` is missing.
+          ValueError: when ``drop_prob`` is a schedule and there is no step to read, saying
+            what to pass; TypeError for a ``deterministic`` that is not a bool.
         """
-        if nn.merge_param("deterministic", self.deterministic, deterministic):
+        step_variable = None
+        if callable(self.drop_prob) and (
+            self.has_variable(COLLECTION, "step") or self.is_mutable_collection(COLLECTION)
+        ):
+            # Created even when the first call is deterministic, as BatchNorm's statistics are.
+            step_variable = self.variable(COLLECTION, "step", lambda: jnp.zeros((), jnp.int32))
+        deterministic = nn.merge_param("deterministic", self.deterministic, deterministic)
+        if validation.check_flag(deterministic, "deterministic"):
             return x
-        if callable(self.drop_prob):
-            if step is None:
-                raise ValueError(
-                    "DropBlock was built with a schedule, so its call needs step=..., e.g. "
-                    "layer(x, deterministic=False, step=state.step)."
-                )
-            rate = self.drop_prob(step)
-        else:
+        rate = drop_prob
+        if rate is None and callable(self.drop_prob):
+            if step is None and step_variable is None:
+                raise ValueError(_no_step_message(self.name))
+            rate = functional.scheduled_rate(self.drop_prob, step_variable.value if step is None else step)
+            if (
+                step is None
+                and self.auto_step
+                and self.is_mutable_collection(COLLECTION)
+                and not self.is_initializing()
+            ):
+                step_variable.value = step_variable.value + 1
+        elif rate is None:
             rate = self.drop_prob
-        if functional.concrete_zero(rate):
+        if functional.concrete_zero(rate) and rng is None and not self.has_rng(self.rng_collection):
             return x
         key = self.make_rng(self.rng_collection) if rng is None else rng
-        fields = ("channel_axis", "seed_region", "calibrate", "share_channels", "share_batch", "normalize", "noise")
-        return functional.dropblock(x, key, rate, self.block_size, **{name: getattr(self, name) for name in fields})
+        return functional.layer_dropblock(
+            x,
+            key,
+            rate,
+            self.block_size,
+            channel_axis=self.channel_axis,
+            seed_region=self.seed_region,
+            calibrate=self.calibrate,
+            share_channels=self.share_channels,
+            share_batch=self.share_batch,
+            normalize=self.normalize,
+            noise=self.noise,
+            spatial_dims=self.spatial_dims,
+        )
+
+
+def set_step(variables: Mapping[str, Any], step: jax.typing.ArrayLike) -> Mapping[str, Any]:
+    """``variables`` with the step of every scheduled DropBlock set to ``step``.
+
+    Every leaf named ``"step"`` in the ``"dropblock"`` collection is replaced; the rest is
+    returned as it is, in the same kind of mapping. Works under ``jax.jit`` with a traced step.
+
+    Args:
+      variables: the variables of a model, as ``init`` returns them.
+      step: an integer (or an integer scalar array); Python ints are clipped to the int32 range.
+
+    Returns:
+      The updated variables (a new mapping; ``variables`` is not changed).
+
+    Raises:
+      ValueError: when ``variables`` has no ``"dropblock"`` collection (no scheduled layer,
+        or variables from before ``init``).
+
+    Examples:
+      >>> variables = {"params": {}, "dropblock": {"block1": {"step": jnp.int32(0)}}}
+      >>> int(set_step(variables, 7)["dropblock"]["block1"]["step"])
+      7
+    """
+    if COLLECTION not in variables:
+        raise ValueError(
+            f"variables has no {COLLECTION!r} collection: the model has no DropBlock with a schedule, or the "
+            "variables do not come from model.init."
+        )
+    if isinstance(step, int):
+        step = min(max(step, 0), _INT32_MAX)
+    step = jnp.asarray(step)
+    if not jnp.issubdtype(step.dtype, jnp.integer) or step.ndim != 0:
+        raise TypeError(f"step must be one integer, got step={step!r}.")
+    step = step.astype(jnp.int32)
+
+    def replace(path: tuple, leaf: Any) -> Any:
+        name = getattr(path[-1], "key", None) if path else None
+        return step if name == "step" else leaf
+
+    steps = jax.tree_util.tree_map_with_path(replace, variables[COLLECTION])
+    if isinstance(variables, FrozenDict):
+        return variables.copy({COLLECTION: steps})
+    return {**variables, COLLECTION: steps}

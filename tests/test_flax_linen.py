@@ -5,10 +5,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax.core import FrozenDict
 
 import dropblock_jax as dj
 from dropblock_jax import schedules
-from dropblock_jax.linen import DropBlock
+from dropblock_jax.linen import DropBlock, set_step
 
 X = jax.random.uniform(jax.random.key(9), (4, 12, 12, 8), minval=0.5, maxval=1.5)
 
@@ -48,7 +49,7 @@ def test_deterministic_field_and_argument_merge():
 
 
 def test_schedule_without_step_is_a_clear_error():
-    with pytest.raises(ValueError, match=r"step=\.\.\."):
+    with pytest.raises(ValueError, match=r"pass step=\.\.\..*'dropblock' collection.*mutable=\['dropblock'\]"):
         DropBlock(schedules.ramp(0.1, 10), 3).apply({}, X, deterministic=False, rngs={"dropout": jax.random.key(0)})
 
 
@@ -65,8 +66,101 @@ def test_jit_with_traced_step_does_not_retrace():
     assert len(traces) == 1 and fractions[0] == 0.0 and fractions[-1] > 0.1
 
 
-def test_bad_fields_fail_at_construction():
-    with pytest.raises(ValueError, match=r"block_size=-1"):
-        DropBlock(0.1, -1)
-    with pytest.raises(ValueError, match=r"drop_prob=-0\.5"):
-        DropBlock(-0.5, 3)
+@pytest.mark.parametrize(
+    "build, error, match",
+    [
+        (lambda: DropBlock(0.1, -1), ValueError, r"block_size=-1"),
+        (lambda: DropBlock(-0.5, 3), ValueError, r"drop_prob=-0\.5"),
+        (lambda: DropBlock(True, 3), TypeError, r"drop_prob=True"),
+        (lambda: DropBlock(0.1, 3, calibrate="False"), TypeError, r"calibrate='False'"),
+        (lambda: DropBlock(0.1, 3, share_batch=1), TypeError, r"share_batch=1"),
+        (lambda: DropBlock(0.1, 3, auto_step=None), TypeError, r"auto_step=None"),
+        (lambda: DropBlock(0.1, 3, deterministic="True"), TypeError, r"deterministic='True'"),
+        (lambda: DropBlock(0.1, 3, normalize=None), ValueError, r"normalize=None"),
+        (lambda: DropBlock(0.1, 3, spatial_dims=0), ValueError, r"spatial_dims=0"),
+    ],
+)
+def test_bad_fields_fail_at_construction(build, error, match):
+    with pytest.raises(error, match=match):
+        build()
+
+
+def test_bad_calls_name_the_argument():
+    layer, rngs = DropBlock(0.1, 3), {"dropout": jax.random.key(0)}
+    with pytest.raises(TypeError, match=r"deterministic='no'"):
+        layer.apply({}, X, deterministic="no", rngs=rngs)
+    with pytest.raises(TypeError, match=r"drop_prob"):
+        jax.jit(lambda p: layer.apply({}, X, deterministic=False, drop_prob=p, rngs=rngs))(jnp.array(True))
+    with pytest.raises(TypeError, match=r"x\.dtype=float8_e4m3fn"):
+        layer.apply({}, X.astype(jnp.float8_e4m3fn), deterministic=False, rngs=rngs)
+
+
+class TwoBlocks(nn.Module):
+    auto_step: bool = True
+
+    @nn.compact
+    def __call__(self, x, train: bool):
+        x = DropBlock(schedules.ramp(0.3, 4), 3, auto_step=self.auto_step, name="first")(x, deterministic=not train)
+        x = DropBlock(0.1, 3, name="constant")(x, deterministic=not train)
+        return DropBlock(schedules.linear(0.0, 0.2, 3), 3, name="second")(x, deterministic=not train)
+
+
+def steps(variables):
+    return {name: int(value["step"]) for name, value in variables["dropblock"].items()}
+
+
+def test_the_step_lives_in_the_dropblock_collection_and_advances_when_mutable():
+    model = TwoBlocks()
+    variables = model.init(jax.random.key(0), X, train=False)  # created by a deterministic init too
+    assert steps(variables) == {"first": 0, "second": 0}
+    rngs = {"dropout": jax.random.key(1)}
+    out, updates = model.apply(variables, X, train=True, rngs=rngs, mutable=["dropblock"])
+    variables = {**variables, **updates}
+    assert steps(variables) == {"first": 1, "second": 1}
+    assert float((out == 0).mean()) > 0  # the constant layer drops (the schedules are at step 0)
+    # Not mutable: the stored step is read and stays; eval mode never advances it.
+    model.apply(variables, X, train=True, rngs=rngs)
+    _, updates = model.apply(variables, X, train=False, mutable=["dropblock"])
+    assert steps({**variables, **updates}) == {"first": 1, "second": 1}
+    # auto_step=False: only set_step moves it.
+    manual = TwoBlocks(auto_step=False)
+    _, updates = manual.apply(variables, X, train=True, rngs=rngs, mutable=["dropblock"])
+    assert steps({**variables, **updates}) == {"first": 1, "second": 2}
+
+
+def test_a_step_at_call_time_overrides_the_variable_and_leaves_it():
+    layer = DropBlock(schedules.ramp(0.3, 5), 3)
+    variables = layer.init(jax.random.key(0), X, deterministic=True)
+    rngs = {"dropout": jax.random.key(1)}
+    out, updates = layer.apply(variables, X, deterministic=False, step=5, rngs=rngs, mutable=["dropblock"])
+    assert int(updates["dropblock"]["step"]) == 0 and float((out == 0).mean()) > 0.1
+    stored = layer.apply(variables, X, deterministic=False, rngs=rngs)  # step 0 of the ramp
+    np.testing.assert_array_equal(stored, X)
+
+
+def test_set_step_sets_every_step_and_keeps_the_mapping_type():
+    variables = TwoBlocks().init(jax.random.key(0), X, train=False)
+    assert steps(set_step(variables, 3)) == {"first": 3, "second": 3} and steps(variables) == {"first": 0, "second": 0}
+    frozen = set_step(FrozenDict(variables), 2)
+    assert isinstance(frozen, FrozenDict) and steps(frozen) == {"first": 2, "second": 2}
+    variables = {"params": {"w": jnp.ones(3)}, **variables}
+    traced = jax.jit(set_step)(variables, jnp.uint32(9))
+    assert steps(traced) == {"first": 9, "second": 9}
+    np.testing.assert_array_equal(traced["params"]["w"], 1.0)
+    with pytest.raises(ValueError, match=r"no 'dropblock' collection"):
+        set_step({"params": {}}, 1)
+    with pytest.raises(TypeError, match=r"step must be one integer"):
+        set_step(variables, 0.5)
+
+
+def test_a_call_time_rate_may_be_traced_without_retracing():
+    traces = []
+    layer = DropBlock(0.0, 3)
+
+    @jax.jit
+    def apply(p):
+        traces.append(1)
+        return layer.apply({}, X, deterministic=False, drop_prob=p, rng=jax.random.key(0))
+
+    fractions = [float((apply(p) == 0).mean()) for p in (0.0, 0.1, 0.3)]
+    assert len(traces) == 1 and fractions[0] == 0.0 < fractions[1] < fractions[2]

@@ -352,49 +352,7 @@ def test_a_traced_expected_drop_is_not_checked_and_works():
     np.testing.assert_array_equal(np.unique(np.asarray(out)), [0.0, 2.0])
 
 
-# --- spatial_dims: one unbatched example, as jax.vmap over examples passes it ---------------
-
-
-def whole_blocks(dropped, block, axes):
-    """Whether boolean maps (spatial ``axes``) are unions of whole ``block``-boxes lying inside them.
-
-    The morphological opening of the dropped set by the block is the set itself.
-    """
-    grid_shape = list(dropped.shape)
-    for axis, k in zip(axes, block):
-        grid_shape[axis] -= k - 1
-    fits = np.ones(grid_shape, bool)
-    for offset in np.ndindex(*block):
-        window = [slice(None)] * dropped.ndim
-        for axis, o in zip(axes, offset):
-            window[axis] = slice(o, o + grid_shape[axis])
-        fits &= dropped[tuple(window)]
-    spatial = [dropped.shape[axis] for axis in axes]
-    return np.array_equal(dropped_mask(fits, spatial, block, axes, "valid"), dropped)
-
-
-@pytest.mark.parametrize("channel_axis", [-1, 1])
-def test_vmap_over_unbatched_examples_drops_whole_square_blocks(channel_axis):
-    xs = random_x((4, 16, 16, 3))
-    if channel_axis == 1:
-        xs = jnp.moveaxis(xs, -1, 1)
-    keys = jax.random.split(jax.random.key(1), 4)
-    per_example = jax.jit(
-        jax.vmap(lambda x, key: dj.dropblock(x, key, 0.25, 4, channel_axis=channel_axis, spatial_dims=2))
-    )
-    out = np.asarray(per_example(xs, keys))
-    axes = (1, 2) if channel_axis == -1 else (2, 3)
-    for i in range(4):
-        # One example is a batch of one: exactly the batched call with a batch axis of 1.
-        single = dj.dropblock(xs[i][None], keys[i], 0.25, 4, channel_axis=channel_axis)[0]
-        np.testing.assert_array_equal(out[i], single)
-        dropped = out[i][None] == 0
-        assert 0.05 < dropped.mean() < 0.5
-        assert whole_blocks(dropped, (4, 4), axes)
-    # Without spatial_dims, (H, W, C) was read as a batch of H rows: 1-D strips, not squares.
-    rows = np.asarray(jax.vmap(lambda x, key: dj.dropblock(x, key, 0.25, 4, channel_axis=-1))(xs, keys))
-    if channel_axis == -1:
-        assert not all(whole_blocks(rows[i][None] == 0, (4, 4), (1, 2)) for i in range(4))
+# --- spatial_dims: one unbatched example (jax.vmap: tests/test_training_loops_jax.py) ---------
 
 
 def test_one_example_is_a_batch_of_one_in_every_function():

@@ -32,11 +32,25 @@ def test_linear_matches_the_dropblock_package_scheduler():
             assert float(schedule(t)) == pytest.approx(scheduler.dropblock.drop_prob, abs=1e-7)
 
 
-def test_ramp_rises_from_zero_and_stays():
-    schedule = schedules.ramp(0.1, 11)
+def test_ramp_is_the_authors_and_stays():
+    # The authors' p * min(t, T) / T: 0 at step 0, p from step T on.
+    schedule = schedules.ramp(0.1, 10)
     values = np.array([float(schedule(t)) for t in range(20)])
-    np.testing.assert_allclose(values[:11], np.linspace(0, 0.1, 11), atol=1e-7)
-    np.testing.assert_allclose(values[11:], 0.1, atol=1e-7)
+    np.testing.assert_allclose(values[:11], np.linspace(0, 0.1, 11), atol=1e-8)
+    np.testing.assert_allclose(values[11:], 0.1, atol=1e-8)
+    assert float(schedules.ramp(0.1, 100)(50)) == pytest.approx(0.05, abs=1e-8)
+    assert float(schedules.ramp(0.3, 1)(0)) == 0.0 and float(schedules.ramp(0.3, 1)(1)) == pytest.approx(0.3)
+
+
+def test_schedules_pickle_compare_and_hash_by_value():
+    import copy
+    import pickle
+
+    for schedule in (schedules.ramp(0.1, 100), schedules.linear(0.0, 0.2, 7)):
+        for restored in (pickle.loads(pickle.dumps(schedule)), copy.deepcopy(schedule)):
+            assert restored == schedule and hash(restored) == hash(schedule)
+            assert float(restored(3)) == float(schedule(3))
+    assert schedules.ramp(0.1, 100) != schedules.ramp(0.1, 101)
 
 
 def test_float_nr_steps_and_traced_steps_work():

@@ -8,12 +8,14 @@ deterministic halves; ``DropBlock1d``/``2d``/``3d`` the layers; ``LinearSchedule
 from dropblock_common.rates import expected_drop_fraction, seed_rate
 from dropblock_torch.functional import apply_seeds, drop_block, sample_seeds
 from dropblock_torch.modules import DropBlock1d, DropBlock2d, DropBlock3d, LinearScheduler, set_step
+from dropblock_torch.resnets import add_dropblock
 
 __all__ = [
     "DropBlock1d",
     "DropBlock2d",
     "DropBlock3d",
     "LinearScheduler",
+    "add_dropblock",
     "apply_seeds",
     "drop_block",
     "expected_drop_fraction",

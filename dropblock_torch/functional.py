@@ -149,16 +149,22 @@ def _rates(drop_prob: Rate, concrete: float | None, layout: _Layout, seed_region
 
 
 def _window_any(padded: torch.Tensor, dim: int, window: int) -> torch.Tensor:
-    """``out[i] = any(padded[i : i + window])`` along ``dim``, in O(log window) ORs."""
+    """``out[i] = any(padded[i : i + window])`` along ``dim``, in O(log window) ORs.
+
+    The OR is ``torch.maximum`` (the same on bools), not ``|``: inductor's C++ backend (torch
+    2.14) cannot compile a bitwise op on padded bools under a second pad when it vectorises
+    over the channels ("operands to '?:' have different types VecMask<int,1> and
+    VecMask<float,1>").
+    """
     covered, width = padded, 1
     while 2 * width <= window:  # ``covered`` spans ``width`` cells; double it
         length = covered.shape[dim] - width
-        covered = covered.narrow(dim, 0, length) | covered.narrow(dim, width, length)
+        covered = torch.maximum(covered.narrow(dim, 0, length), covered.narrow(dim, width, length))
         width *= 2
     if width < window:  # two overlapping spans of ``width`` make ``window``
         rest = window - width
         length = covered.shape[dim] - rest
-        covered = covered.narrow(dim, 0, length) | covered.narrow(dim, rest, length)
+        covered = torch.maximum(covered.narrow(dim, 0, length), covered.narrow(dim, rest, length))
     return covered
 
 

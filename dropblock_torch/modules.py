@@ -93,6 +93,13 @@ class _DropBlockNd(nn.Module):
             with torch.inference_mode(False):
                 self.step = torch.zeros((), dtype=torch.int64, device=self.step.device)
 
+    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any) -> None:
+        # Weights saved before DropBlock was added (a pretrained checkpoint) have no step: a strict
+        # load still works and keeps the current one.
+        if self.schedule is not None:
+            state_dict.setdefault(prefix + "step", self.step.detach().clone())
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
     def _current_rate(self) -> torch.Tensor:
         if self.schedule is None:
             return self.rate

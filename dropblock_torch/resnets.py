@@ -1,0 +1,139 @@
+"""DropBlock into a torchvision or timm ResNet you already have, in one call.
+
+``add_dropblock(model)`` places ``DropBlock2d`` layers as a preset of
+``dropblock_common.presets`` says (the paper, Ghiasi, Lin, Le, 2018, arXiv:1810.12890: after
+every convolution's batch norm of stages 3 and 4 and on their skip connections; or timm's
+``drop_block_rate`` placement), without renaming a single weight: each layer is a new child of
+its residual block, applied by a forward hook on the batch norm it follows (on the projection
+of a skip connection, or as the block's ``downsample`` where the skip is the identity). So a
+strict ``load_state_dict`` of pretrained weights saved without DropBlock still works, the
+model's own checkpoints keep the schedule steps, eval output is bit-identical to the model
+without DropBlock, and ``set_step`` reaches every inserted layer.
+
+Adding DropBlock after a batch norm rather than after the ReLU that follows it gives the same
+output: zeroing and a positive rescale commute with the ReLU.
+"""
+
+from __future__ import annotations
+
+from torch import nn
+
+from dropblock_common import presets, validation
+from dropblock_torch import schedules
+from dropblock_torch.modules import DropBlock2d, _DropBlockNd
+
+_STAGES = {1: "layer1", 2: "layer2", 3: "layer3", 4: "layer4"}
+
+
+class _ThenDropBlock:
+    """A forward hook that passes a module's output through a DropBlock layer (picklable)."""
+
+    def __init__(self, dropblock: DropBlock2d) -> None:
+        self.dropblock = dropblock
+
+    def __call__(self, module: nn.Module, inputs: tuple, output):
+        return self.dropblock(output)
+
+
+def _block_kind(block: nn.Module) -> str | None:
+    """``"basic"`` or ``"bottleneck"`` for a torchvision or timm residual block, else None."""
+    has = lambda *names: all(isinstance(getattr(block, name, None), nn.Module) for name in names)  # noqa: E731
+    if not hasattr(block, "downsample") or not has("conv1", "bn1", "conv2", "bn2"):
+        return None
+    return "bottleneck" if has("conv3", "bn3") else "basic"
+
+
+def _stages(model: nn.Module) -> dict[int, list[nn.Module]]:
+    """The residual blocks of each stage, or a TypeError naming what is not a known ResNet."""
+    stages = {}
+    for stage, name in _STAGES.items():
+        layer = getattr(model, name, None)
+        blocks = list(layer) if isinstance(layer, nn.Sequential) else []
+        if not blocks or any(_block_kind(block) is None for block in blocks):
+            raise TypeError(
+                "add_dropblock knows torchvision and timm ResNets (stages layer1 to layer4 of BasicBlock or "
+                f"Bottleneck blocks with conv1/bn1/conv2/bn2 and a downsample), got {type(model).__name__} "
+                f"without such a {name}. Place DropBlock2d layers by hand for other models."
+            )
+        stages[stage] = blocks
+    return stages
+
+
+def _after_batch_norms(block: nn.Module, preset: str) -> list[str]:
+    """The batch norms of a block that DropBlock follows: every one (the paper) or the 3x3 conv's (timm)."""
+    if preset == "timm":
+        return ["bn2"] if _block_kind(block) == "bottleneck" else ["bn1"]
+    return ["bn1", "bn2", "bn3"] if _block_kind(block) == "bottleneck" else ["bn1", "bn2"]
+
+
+def _insert(block: nn.Module, name: str, make_layer) -> None:
+    """A new DropBlock child ``dropblock_<name>`` applied to the output of ``block.<name>``."""
+    layer = make_layer()
+    block.add_module(f"dropblock_{name}", layer)
+    getattr(block, name).register_forward_hook(_ThenDropBlock(layer))
+
+
+def add_dropblock(
+    model: nn.Module,
+    *,
+    preset: str = "paper",
+    drop_prob: float = 0.1,
+    total_steps: int | None = None,
+    block_size: int | None = None,
+) -> nn.Module:
+    """Insert DropBlock into a torchvision or timm ResNet in place, as ``preset`` places it.
+
+    Args:
+      model: a torchvision ``ResNet`` (``resnet18`` to ``resnet152``, ``resnext``,
+        ``wide_resnet``) or a timm ResNet (``timm.create_model("resnet50")``, ...).
+      preset: ``"paper"`` (stages 3 and 4: after every convolution's batch norm and on the skip
+        connections, block 7, stage 3 at a quarter of the rate) or ``"timm"`` (timm's
+        ``drop_block_rate``: after the 3x3 convolution's batch norm, blocks 5 and 3).
+      drop_prob: the final ``drop_prob`` of stage 4 (stage 3 gets the preset's share).
+      total_steps: if given, ``drop_prob`` ramps from 0 over this many steps
+        (``schedules.ramp``); each layer's step then advances once per training call (see
+        ``set_step`` for the optimizer's step instead).
+      block_size: replaces the preset's block sizes (small inputs need small blocks).
+
+    Returns:
+      ``model`` itself, with the new layers as children of its residual blocks.
+
+    Raises:
+      TypeError: for a model that is not a known ResNet.
+      ValueError: for a bad argument, or a model that already has DropBlock.
+
+    Examples:
+      >>> import torch
+      >>> from torch import nn
+      >>> from dropblock_torch import set_step
+      >>> model = nn.Sequential()  # stands in for torchvision.models.resnet18()
+      >>> add_dropblock(model)
+      Traceback (most recent call last):
+      ...
+      TypeError: add_dropblock knows torchvision and timm ResNets ...
+    """
+    placement = presets.resnet_placement(preset, block_size)
+    drop_prob = validation.drop_prob_value(drop_prob)
+    stages = _stages(model)
+    if any(isinstance(module, _DropBlockNd) for module in model.modules()):
+        raise ValueError(
+            f"model already has DropBlock layers; add_dropblock adds them once, got {type(model).__name__}."
+        )
+    rates = {stage: drop_prob * place.rate_scale for stage, place in placement.items()}
+    if total_steps is not None:
+        rates = {stage: schedules.ramp(rate, total_steps) for stage, rate in rates.items()}
+    for stage, place in placement.items():
+
+        def make_layer(rate=rates[stage], place=place):
+            return DropBlock2d(rate, place.block_size)
+
+        for block in stages[stage]:
+            for name in _after_batch_norms(block, preset):
+                _insert(block, name, make_layer)
+            if not place.on_skip:
+                continue
+            if block.downsample is None:
+                block.downsample = make_layer()  # the identity skip, dropped
+            else:
+                _insert(block, "downsample", make_layer)
+    return model

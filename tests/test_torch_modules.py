@@ -114,11 +114,17 @@ def test_the_wrong_rank_names_x_spatial_dims_and_the_shape(training):
         layer(torch.ones(1, 2, 3, 8, 8))
 
 
-def test_compiled_scheduled_model_has_no_graph_breaks_or_recompiles(monkeypatch):
+def test_compiled_scheduled_model_has_no_graph_breaks_or_recompiles():
     import torch._dynamo
 
     torch._dynamo.reset()
-    monkeypatch.setattr(torch._dynamo.config, "error_on_recompile", True)
+    # config.patch, not monkeypatch: monkeypatch's undo deletes the attribute and hides the option.
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        _train_compiled_without_recompiles()
+    torch._dynamo.reset()
+
+
+def _train_compiled_without_recompiles():
     model = nn.Sequential(nn.Conv2d(3, 8, 3), dt.DropBlock2d(schedules.ramp(0.3, 4), 3, calibrate=True))
     # fullgraph=True raises on any graph break; aot_eager traces exactly as inductor would see it.
     compiled = torch.compile(model, fullgraph=True, backend="aot_eager")
@@ -132,7 +138,6 @@ def test_compiled_scheduled_model_has_no_graph_breaks_or_recompiles(monkeypatch)
     for rate in (0.1, 0.2, 0.3):
         layer.drop_prob = rate
         compiled_layer(x)
-    torch._dynamo.reset()
 
 
 def test_torch_export_in_eval_mode():

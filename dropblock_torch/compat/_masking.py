@@ -1,0 +1,105 @@
+"""How the timm and torchvision drop-ins check their input and write a block mask into it.
+
+Both peers draw a float seed grid, dilate it with ``max_pool``, and multiply ``x`` by a full
+float keep mask. The drop-ins draw the same seeds (so the same bits), dilate them as booleans
+(``functional.dilate``) and multiply ``x`` by ``keep``: the scale where a unit is kept, 0
+where it is dropped, of the mask's shape (one row shared by all channels stays one row). A
+product ``inf * 0`` or ``nan * 0`` is NaN, though; dropped units must come out 0 whatever
+``x`` holds, so they are then written as zeros: after a cheap NaN check on the CPU, always
+elsewhere (where reading the check back would synchronise, and under ``torch.compile``, which
+fuses the write into the product).
+"""
+
+from __future__ import annotations
+
+import numbers
+
+import torch
+
+from dropblock_common import validation
+
+
+def check_input(x: object, name: str, ranks: dict[int, str]) -> None:
+    """Raise unless ``x`` is a 16-, 32- or 64-bit floating tensor of one of ``ranks`` (rank -> layout).
+
+    Examples:
+      >>> check_input(torch.ones(2, 3, 8, 8), "x", {4: "(N, C, H, W)"})
+    """
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}.")
+    if not x.is_floating_point() or x.dtype.itemsize < 2:
+        raise TypeError(
+            f"{name} must be a float16, bfloat16, float32 or float64 tensor, got {name}.dtype={x.dtype}. "
+            f"Cast it first, e.g. {name}.float()."
+        )
+    if x.dim() not in ranks:
+        layouts = " or ".join(f"{rank} dimensions {layout}" for rank, layout in ranks.items())
+        raise ValueError(f"{name} must have {layouts}, got {name}.dim()={x.dim()} with shape {tuple(x.shape)}.")
+
+
+def check_block_size(block_size: object) -> int:
+    """``block_size`` as a positive int (the side of the square or cubic block).
+
+    Examples:
+      >>> check_block_size(7)
+      7
+    """
+    if isinstance(block_size, tuple | list):
+        raise TypeError(f"block_size must be an int (the side of the block), got {block_size=!r}.")
+    return validation.block_size_tuple(block_size, 1)[0]
+
+
+def check_nonnegative(value: object, name: str) -> float:
+    """``value`` as a float if it is a finite real number >= 0 (``gamma_scale``, ``eps``).
+
+    Examples:
+      >>> check_nonnegative(1e-6, "eps")
+      1e-06
+    """
+    if validation.is_boolean(value) or not isinstance(value, numbers.Real | torch.Tensor):
+        raise TypeError(f"{name} must be a real number >= 0, got {name}={value!r}.")
+    number = float(value)
+    if not 0.0 <= number < float("inf"):  # NaN fails too
+        raise ValueError(f"{name} must be a finite number >= 0, got {name}={number!r}.")
+    return number
+
+
+def seeds_like(x: torch.Tensor, shape: tuple[int, ...], gamma: float | torch.Tensor) -> torch.Tensor:
+    """Bernoulli(``gamma``) seeds of ``shape``, drawn exactly as the peers draw them, as booleans.
+
+    The peers fill a tensor of ``x``'s dtype with ``bernoulli_``; the same call on a tensor of
+    the same shape and dtype consumes the generator the same way, so the same seeds come out.
+    """
+    return torch.empty(shape, dtype=x.dtype, device=x.device).bernoulli_(gamma) != 0
+
+
+def _tracing() -> bool:
+    return torch.compiler.is_compiling() or torch.compiler.is_exporting()
+
+
+def apply_keep(x: torch.Tensor, dropped: torch.Tensor, keep: torch.Tensor, inplace: bool) -> torch.Tensor:
+    """``x * keep`` with exact zeros where ``dropped``, in ``x``'s dtype (into ``x`` if ``inplace``).
+
+    Args:
+      x: the input.
+      dropped: the boolean mask, broadcastable to ``x``.
+      keep: of ``dropped``'s shape: the factor of each kept unit, 0 where dropped; of ``x``'s
+        dtype, or float32 for a float16/bfloat16 ``x`` (then the product is rounded once).
+      inplace: write the result into ``x``.
+
+    Returns:
+      ``x`` itself if ``inplace``, else a new tensor in ``x``'s memory format.
+    """
+    same_dtype = keep.dtype == x.dtype
+    out = x.mul_(keep) if inplace and same_dtype else x * keep
+    if x.device.type != "cpu" or _tracing():
+        out = out.masked_fill_(dropped, 0)
+    else:
+        with torch.no_grad():
+            # NaN propagates through a sum: a NaN-free sum means no dropped unit was inf or NaN.
+            unsafe = bool(torch.isnan(out.sum()))
+        if unsafe:
+            out = out.masked_fill_(dropped, 0)
+    if same_dtype:
+        return out
+    return x.copy_(out) if inplace else out.to(x.dtype)

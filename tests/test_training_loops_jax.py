@@ -77,23 +77,20 @@ def test_nnx_cnn_with_a_schedule_and_gradient_accumulation_under_nnx_jit():
     assert model.fixed.drop_prob == 0.1
 
 
-def test_the_same_seed_gives_the_same_training_eagerly_and_under_nnx_jit():
-    # Step 0 of the ramp has rate 0: eagerly a concrete 0, jitted a traced one. Both draw.
-    def train(jit):
+def test_the_same_seed_gives_the_same_draws_eagerly_and_under_nnx_jit():
+    # Step 0 of the ramp has rate 0: eagerly a concrete 0, jitted a traced one. Both draw a key.
+    features = jax.nn.relu(jax.random.normal(jax.random.key(4), (8, 10, 10, 8)))
+
+    def run(jit):
         model = NnxNet(nnx.Rngs(0, dropout=1))
-        optimizer = nnx.Optimizer(model, optax.sgd(0.05), wrt=nnx.Param)
+        forward = lambda model, x: (model.drop(x), model.fixed(x))  # noqa: E731
+        step = nnx.jit(forward) if jit else forward
+        return [step(model, features) for _ in range(4)]
 
-        def train_step(model, optimizer, images, labels):
-            grads = nnx.grad(lambda m: cross_entropy(m(images), labels))(model)
-            optimizer.update(model, grads)
-            return model.drop(nnx.relu(model.conv(images)))  # the next draw, for comparison
-
-        step = nnx.jit(train_step) if jit else train_step
-        return [np.asarray(step(model, optimizer, IMAGES, LABELS)) == 0 for _ in range(4)]
-
-    for eager, jitted in zip(train(False), train(True)):
-        np.testing.assert_array_equal(eager, jitted)
-    assert jitted.any()
+    for t, (eager, jitted) in enumerate(zip(run(False), run(True))):
+        for a, b in zip(eager, jitted):
+            np.testing.assert_array_equal(a, b, err_msg=f"step {t}")
+    assert (jitted[0] == 0).sum() > (features == 0).sum()
 
 
 def test_pickle_and_deepcopy_of_an_nnx_model_holding_a_schedule():

@@ -70,3 +70,14 @@ def test_output_is_finite_binary_masked_and_keeps_shape_and_dtype(framework, con
             assert values[0] >= 1.0 - 1e-2 or options["normalize"] == "none"
     if drop_prob == 1.0:
         assert not kept.any()
+
+
+@settings(max_examples=8, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
+@given(config=configurations())
+def test_jax_one_example_with_spatial_dims_is_a_batch_of_one(config):
+    shape, block, options, drop_prob, _, seed = config
+    x = jnp.asarray(np.random.default_rng(seed).uniform(0.5, 1.5, shape), jnp.float32)
+    key = jax.random.key(seed)
+    dims = len(shape) - 2
+    one = dj.dropblock(x[0], key, drop_prob, block, spatial_dims=dims, **options)
+    np.testing.assert_array_equal(one, dj.dropblock(x[:1], key, drop_prob, block, **options)[0])

@@ -5,6 +5,8 @@ that need no peer run everywhere.
 """
 
 import itertools
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -351,3 +353,12 @@ def test_compiles_with_fullgraph():
     torch.manual_seed(0)
     out = compiled(x)
     assert torch.equal(torch.nan_to_num(out), torch.nan_to_num(expected)) and not torch.isnan(out).any()
+
+
+def test_the_drop_ins_import_neither_peer():
+    code = (
+        "import sys, dropblock_torch.compat.timm, dropblock_torch.compat.torchvision\n"
+        "print(sorted({'timm', 'torchvision'} & set(sys.modules)))"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    assert result.stdout.strip() == "[]"

@@ -10,8 +10,9 @@ before the seed than after), one mask per sample shared by its channels unless
 ``scale_by_keep=False``; ``with_noise`` puts standard normal noise (shared like the mask)
 where units are dropped, without rescaling. On the CPU, under the same ``torch.manual_seed``,
 outputs are bit-identical to timm 1.0.31's in float32 and float64 (``torch.equal``: a dropped
-negative unit may be ``+0.0`` here where timm has ``-0.0``), while fewer than 2**24 units are
-kept (timm's float32 sum of the mask is exact up to there).
+negative unit may be ``+0.0`` here where timm has ``-0.0``). The kept units are counted exactly
+here; timm sums its float mask in float32, exact below 2**24 kept units and within a few units
+above, which can move its scale by an ulp.
 
 Fixed where timm misbehaves:
 
@@ -20,7 +21,6 @@ Fixed where timm misbehaves:
 - float16 and bfloat16 inputs are rescaled in float32 and rounded once (timm rounds the scale
   to the input's dtype first, up to 0.4% off in bfloat16); a float16 batch with (almost)
   everything dropped gives zeros and finite values (timm: NaN and inf, the scale overflows);
-- the kept units are counted exactly (timm's float32 sum drifts above 2**24 units);
 - bad arguments raise a ``ValueError`` or ``TypeError`` naming them (timm: a ``drop_prob``
   above 1 silently drops less than asked, a 3D input fails to unpack, a ``block_size`` of 0
   divides by zero), and a seed rate above 1 (``gamma_scale`` > 1) saturates at 1 instead of

@@ -7,9 +7,10 @@ DropBlock, Ghiasi, Lin, Le, 2018, arXiv:1810.12890, as torchvision implements it
 inside the map) at the paper's rate ``p * prod(S) / (k**d * prod(S - k + 1))``, an independent
 mask per sample and channel, and ``x * keep * numel / (eps + kept)``. On the CPU, under the same
 ``torch.manual_seed``, outputs are bit-identical to torchvision 0.29's in float32 and float64
-(``torch.equal``: a dropped negative unit may be ``+0.0`` here where torchvision has ``-0.0``),
-while fewer than 2**24 units are kept (torchvision's float32 sum of the mask is exact up to
-there). ``drop_block2d`` and ``drop_block3d`` are leaves under ``torch.fx`` tracing, as there.
+(``torch.equal``: a dropped negative unit may be ``+0.0`` here where torchvision has ``-0.0``).
+The kept units are counted exactly here; torchvision sums its float mask in float32, exact
+below 2**24 kept units and within a few units above, which can move its scale by an ulp.
+``drop_block2d`` and ``drop_block3d`` are leaves under ``torch.fx`` tracing, as there.
 
 Fixed where torchvision misbehaves:
 
@@ -19,7 +20,6 @@ Fixed where torchvision misbehaves:
   dropped gives zeros (torchvision in float16: NaN);
 - ``eps=0`` with everything dropped gives zeros (torchvision: NaN, 0 / 0);
 - an inf or NaN in the input becomes 0 where it is dropped (torchvision: NaN, ``inf * 0``);
-- the kept units are counted exactly (torchvision's float32 sum drifts above 2**24 units);
 - an even block works (blocks inside the map, as for odd ones); torchvision refuses it, also
   when an odd ``block_size`` is clipped to an even map (``block_size=7`` on a 6x6 map);
 - bad arguments raise a ``ValueError`` or ``TypeError`` naming them (torchvision: a NaN ``p``

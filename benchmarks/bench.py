@@ -4,7 +4,8 @@ For each ResNet-like shape: forward and forward+backward time (median over repea
 ``dropblock_jax`` (jit, NHWC) and ``dropblock_torch`` (NCHW), per-channel and shared-channel,
 next to the memory-bandwidth floor (a plain ``x * s``), each framework's own dropout, and the
 peers that are installed (timm's ``drop_block_2d``, torchvision's ``drop_block2d``, the
-``dropblock`` 0.3.0 package). Ratios are pair by pair, within one framework and one run.
+``dropblock`` 0.3.0 package), each beside its drop-in from ``dropblock_torch.compat``. Ratios are
+pair by pair, within one framework and one run.
 
 Timing is interleaved: each repeat runs every implementation of a shape once, in turn, so a
 burst of noise on a shared machine hits all of them alike rather than one row; on the CPU the
@@ -40,6 +41,7 @@ import torch
 
 import dropblock_jax as dj
 import dropblock_torch as dt
+from dropblock_torch import compat
 
 DROP_PROB = 0.1
 
@@ -228,9 +230,18 @@ def torch_rows(case: Case, repeats: int, device: torch.device) -> list[Row]:
         functions["timm drop_block_2d couple_channels=False"] = lambda x: timm(
             x, DROP_PROB, case.block_size, couple_channels=False
         )
+    if dims == 2:
+        functions["compat.timm drop_block_2d (shared)"] = lambda x: compat.timm.drop_block_2d(
+            x, DROP_PROB, case.block_size
+        )
+        functions["compat.timm drop_block_2d couple_channels=False"] = lambda x: compat.timm.drop_block_2d(
+            x, DROP_PROB, case.block_size, couple_channels=False
+        )
     torchvision = _torchvision_drop_block()
     if torchvision is not None:
         functions["torchvision drop_block"] = lambda x: torchvision[dims - 2](x, DROP_PROB, case.block_size)
+    drop_in = (compat.torchvision.drop_block2d, compat.torchvision.drop_block3d)[dims - 2]
+    functions["compat.torchvision drop_block"] = lambda x: drop_in(x, DROP_PROB, case.block_size)
     import dropblock
 
     old = (dropblock.DropBlock2D if dims == 2 else dropblock.DropBlock3D)(DROP_PROB, case.block_size)
@@ -267,6 +278,10 @@ PAIRS = {
     "timm drop_block_2d couple_channels=False": "F.dropout",
     "torchvision drop_block": "F.dropout",
     "dropblock 0.3.0": "F.dropout",
+    # each drop-in against the peer it replaces
+    "compat.timm drop_block_2d (shared)": "timm drop_block_2d (shared)",
+    "compat.timm drop_block_2d couple_channels=False": "timm drop_block_2d couple_channels=False",
+    "compat.torchvision drop_block": "torchvision drop_block",
 }
 
 

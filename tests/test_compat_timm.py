@@ -408,6 +408,19 @@ def test_blocks_are_centred_on_timms_seeds(block_size, couple_channels):
     np.testing.assert_array_equal((out == 0).numpy(), np.broadcast_to(expected, shape))
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32, torch.float64])
+def test_bernoulli_draws_alike_in_every_dtype_on_the_cpu(dtype):
+    """The drop-ins fill booleans where the peers fill x's dtype: the same seeds, the same state after."""
+    for shape, gamma in [((2, 1, 13, 11), 0.05), ((3, 4, 50, 41), 0.3), ((1, 2, 300, 300), 0.97)]:
+        torch.manual_seed(0)
+        peer = torch.empty(shape, dtype=dtype).bernoulli_(gamma)
+        peer_next = torch.rand(4)
+        torch.manual_seed(0)
+        ours = torch.empty(shape, dtype=torch.bool).bernoulli_(gamma)
+        ours_next = torch.rand(4)
+        assert torch.equal(ours, peer != 0) and torch.equal(ours_next, peer_next)
+
+
 def test_the_gradient_is_the_scaled_keep_mask():
     x = randn((2, 3, 10, 10)).requires_grad_()
     torch.manual_seed(0)

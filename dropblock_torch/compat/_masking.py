@@ -65,11 +65,16 @@ def check_nonnegative(value: object, name: str) -> float:
 
 
 def seeds_like(x: torch.Tensor, shape: tuple[int, ...], gamma: float | torch.Tensor) -> torch.Tensor:
-    """Bernoulli(``gamma``) seeds of ``shape``, drawn exactly as the peers draw them, as booleans.
+    """Bernoulli(``gamma``) seeds of ``shape``, drawn as the peers draw them, as booleans.
 
-    The peers fill a tensor of ``x``'s dtype with ``bernoulli_``; the same call on a tensor of
-    the same shape and dtype consumes the generator the same way, so the same seeds come out.
+    The peers fill a tensor of ``x``'s dtype with ``bernoulli_``. On the CPU, ``bernoulli_`` with
+    a float rate draws the same integers whatever the dtype it fills and casts them, so filling
+    a boolean tensor gives the same seeds and leaves the generator in the same state, without a
+    float buffer of the mask's size (the tests against both peers check it, and that every
+    dtype draws alike). Elsewhere, and for a tensor rate, the peers' own call is made.
     """
+    if x.device.type == "cpu" and not isinstance(gamma, torch.Tensor):
+        return torch.empty(shape, dtype=torch.bool).bernoulli_(gamma)
     return torch.empty(shape, dtype=x.dtype, device=x.device).bernoulli_(gamma) != 0
 
 

@@ -205,7 +205,7 @@ def set_step(variables: Mapping[str, Any], step: jax.typing.ArrayLike) -> Mappin
             f"variables has no {COLLECTION!r} collection: the model has no DropBlock with a schedule, or the "
             "variables do not come from model.init."
         )
-    if isinstance(step, int):
+    if isinstance(step, int) and not isinstance(step, bool):
         step = min(max(step, 0), _INT32_MAX)
     step = jnp.asarray(step)
     if not jnp.issubdtype(step.dtype, jnp.integer) or step.ndim != 0:

@@ -319,7 +319,7 @@ def set_step(model: nnx.Module, step: jax.typing.ArrayLike | nnx.Variable) -> No
     """
     if isinstance(step, nnx.Variable):
         step = step[...]
-    if isinstance(step, numbers.Integral):
+    if isinstance(step, numbers.Integral) and not isinstance(step, bool):
         step = min(max(int(step), 0), _INT32_MAX)
     step = jnp.asarray(step)
     if not jnp.issubdtype(step.dtype, jnp.integer) or step.ndim != 0:

@@ -149,8 +149,9 @@ def test_set_step_sets_every_step_and_keeps_the_mapping_type():
     np.testing.assert_array_equal(traced["params"]["w"], 1.0)
     with pytest.raises(ValueError, match=r"no 'dropblock' collection"):
         set_step({"params": {}}, 1)
-    with pytest.raises(TypeError, match=r"step must be one integer"):
-        set_step(variables, 0.5)
+    for bad in (0.5, False, jnp.arange(2)):
+        with pytest.raises(TypeError, match=r"step must be one integer"):
+            set_step(variables, bad)
 
 
 def test_a_call_time_rate_may_be_traced_without_retracing():

@@ -288,8 +288,9 @@ def test_auto_step_false_leaves_the_step_to_set_step():
     assert int(manual.step[...]) == 2
     set_step(model, 10**12)  # clipped to int32, not an overflow
     assert int(manual.step[...]) == 2**31 - 1 and float(manual.drop_prob(manual.step[...])) == pytest.approx(0.3)
-    with pytest.raises(TypeError, match=r"step must be one integer"):
-        set_step(model, 1.5)
+    for bad in (1.5, True, jnp.arange(2)):
+        with pytest.raises(TypeError, match=r"step must be one integer"):
+            set_step(model, bad)
 
 
 def test_one_example_under_nnx_vmap_with_spatial_dims():

@@ -163,31 +163,36 @@ def test_fixed_inf_and_nan_in_x_become_zero_where_dropped(timm_drop, value, with
         assert (new[dropped] == 0).all()
 
 
+@pytest.mark.parametrize("couple_channels", [True, False])
 @pytest.mark.parametrize("value", [float("inf"), float("nan")])
-def test_fixed_non_finite_x_becomes_zero_where_dropped_without_the_peer(value):
+def test_fixed_non_finite_x_becomes_zero_where_dropped_without_the_peer(value, couple_channels):
     x = torch.ones(2, 3, 8, 8)
     x[:, :, :, ::3] = value
+    options = dict(drop_prob=0.5, block_size=3, couple_channels=couple_channels)
     torch.manual_seed(0)
-    reference = compat.drop_block_2d(torch.ones(2, 3, 8, 8), 0.5, 3, scale_by_keep=False)
-    for inplace in (False, True):
+    reference = compat.drop_block_2d(torch.ones(2, 3, 8, 8), scale_by_keep=False, **options)
+    for inplace, scale_by_keep in itertools.product((False, True), (False, True)):
         torch.manual_seed(0)
-        out = compat.drop_block_2d(x.clone(), 0.5, 3, inplace=inplace)
+        out = compat.drop_block_2d(x.clone(), inplace=inplace, scale_by_keep=scale_by_keep, **options)
         dropped = reference == 0
         assert dropped.any() and not dropped.all()
         assert (out[dropped] == 0).all()
         assert torch.equal(torch.isnan(out) | torch.isinf(out), ~torch.isfinite(x) & ~dropped)
 
 
+@pytest.mark.parametrize("couple_channels", [True, False])
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-def test_fixed_half_precision_is_the_float32_result_rounded_once(timm_drop, dtype):
+def test_fixed_half_precision_is_the_float32_result_rounded_once(timm_drop, dtype, couple_channels):
     x = randn((4, 8, 16, 16), dtype)
+    for inplace in (False, True):
+        torch.manual_seed(1)
+        new = compat.drop_block_2d(x.clone(), 0.2, 3, couple_channels=couple_channels, inplace=inplace)
+        torch.manual_seed(1)
+        # The same seeds: bernoulli_ draws alike in every dtype.
+        wide = compat.drop_block_2d(x.float(), 0.2, 3, couple_channels=couple_channels)
+        assert new.dtype == dtype and torch.equal(new, wide.to(dtype))
     torch.manual_seed(1)
-    new = compat.drop_block_2d(x, 0.2, 3)
-    torch.manual_seed(1)
-    wide = compat.drop_block_2d(x.float(), 0.2, 3)  # the same seeds: bernoulli_ draws alike in every dtype
-    assert new.dtype == dtype and torch.equal(new, wide.to(dtype))
-    torch.manual_seed(1)
-    old = timm_drop.drop_block_2d(x, 0.2, 3)
+    old = timm_drop.drop_block_2d(x, 0.2, 3, couple_channels=couple_channels)
     assert not torch.equal(old, wide.to(dtype))  # timm rounds the scale to the dtype first
 
 

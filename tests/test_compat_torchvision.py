@@ -129,11 +129,12 @@ def test_float16_is_torchvision_up_to_its_rounding_where_torchvision_is_sane(ops
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_fixed_half_precision_is_the_float32_result_rounded_once(dims, dtype):
     x = randn((4, 8, 16, 16) if dims == 2 else (2, 4, 8, 8, 8), dtype)
-    torch.manual_seed(1)
-    new = FUNCTIONS[dims](x, 0.2, 3)
-    torch.manual_seed(1)
-    wide = FUNCTIONS[dims](x.float(), 0.2, 3)  # the same seeds: bernoulli_ draws alike in every dtype
-    assert new.dtype == dtype and torch.equal(new, wide.to(dtype))
+    for inplace in (False, True):
+        torch.manual_seed(1)
+        new = FUNCTIONS[dims](x.clone(), 0.2, 3, inplace=inplace)
+        torch.manual_seed(1)
+        wide = FUNCTIONS[dims](x.float(), 0.2, 3)  # the same seeds: bernoulli_ draws alike in every dtype
+        assert new.dtype == dtype and torch.equal(new, wide.to(dtype))
 
 
 def test_fixed_a_large_float16_input_is_not_zeroed(ops):

@@ -1,13 +1,14 @@
 """How the timm and torchvision drop-ins check their input and write a block mask into it.
 
-Both peers draw a float seed grid, dilate it with ``max_pool``, and multiply ``x`` by a full
-float keep mask. The drop-ins draw the same seeds (so the same bits), dilate them as booleans
-(``functional.dilate``) and multiply ``x`` by ``keep``: the scale where a unit is kept, 0
-where it is dropped, of the mask's shape (one row shared by all channels stays one row). A
-product ``inf * 0`` or ``nan * 0`` is NaN, though; dropped units must come out 0 whatever
-``x`` holds, so they are then written as zeros: after a cheap NaN check on the CPU, always
-elsewhere (where reading the check back would synchronise, and under ``torch.compile``, which
-fuses the write into the product).
+Both peers draw a float seed grid, dilate it with ``max_pool``, and multiply ``x`` by a float
+keep mask. The drop-ins draw the same seeds (so the same bits), dilate them as booleans
+(``functional.dilate``), and write zeros where units are dropped instead of multiplying by 0
+(``inf * 0`` and ``nan * 0`` are NaN): dropped units come out 0 whatever ``x`` holds. A mask
+per unit is written into ``x * scale`` directly. A mask shared by the channels is cheaper as a
+product by ``keep`` (the scale where kept, 0 where dropped: the mask's size, not ``x``'s), so
+there the zeros are written only when the product holds a NaN: after a check on the CPU,
+always elsewhere (where reading the check back would synchronise, and under
+``torch.compile``, which fuses the write into the product).
 """
 
 from __future__ import annotations
@@ -82,20 +83,35 @@ def _tracing() -> bool:
     return torch.compiler.is_compiling() or torch.compiler.is_exporting()
 
 
-def apply_keep(x: torch.Tensor, dropped: torch.Tensor, keep: torch.Tensor, inplace: bool) -> torch.Tensor:
-    """``x * keep`` with exact zeros where ``dropped``, in ``x``'s dtype (into ``x`` if ``inplace``).
+def apply_mask(x: torch.Tensor, dropped: torch.Tensor, scale: torch.Tensor | None, inplace: bool) -> torch.Tensor:
+    """``x * scale`` where kept, exact zeros where ``dropped``, in ``x``'s dtype (into ``x`` if ``inplace``).
 
     Args:
       x: the input.
-      dropped: the boolean mask, broadcastable to ``x``.
-      keep: of ``dropped``'s shape: the factor of each kept unit, 0 where dropped; of ``x``'s
-        dtype, or float32 for a float16/bfloat16 ``x`` (then the product is rounded once).
+      dropped: the boolean mask, of ``x``'s shape or broadcastable to it.
+      scale: a 0-dim tensor, of ``x``'s dtype or float32 for a float16/bfloat16 ``x`` (then the
+        product is rounded once); None for no rescaling.
       inplace: write the result into ``x``.
 
     Returns:
       ``x`` itself if ``inplace``, else a new tensor in ``x``'s memory format.
     """
-    same_dtype = keep.dtype == x.dtype
+    compute = x.dtype if scale is None else scale.dtype
+    if dropped.shape == x.shape:
+        # A mask per unit: a product by the scalar, then the zeros written (no factor tensor).
+        if compute == x.dtype:
+            if inplace:
+                out = x if scale is None else x.mul_(scale)
+            else:
+                out = x.clone() if scale is None else x * scale
+            return out.masked_fill_(dropped, 0)
+        out = (x.to(compute) * scale).masked_fill_(dropped, 0)
+        return x.copy_(out) if inplace else out.to(x.dtype)
+    # A mask shared by channels: one product by a factor of the mask's size, the zeros only
+    # written where ``x`` held an inf or NaN (writing them through the broadcast mask costs
+    # more than the product itself on the CPU).
+    keep = torch.logical_not(dropped).to(compute) if scale is None else torch.where(dropped, 0.0, scale)
+    same_dtype = compute == x.dtype
     out = x.mul_(keep) if inplace and same_dtype else x * keep
     if x.device.type != "cpu" or _tracing():
         out = out.masked_fill_(dropped, 0)

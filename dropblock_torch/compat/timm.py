@@ -103,21 +103,18 @@ def drop_block_2d(
         noise = torch.empty(seed_shape, dtype=x.dtype, device=x.device).normal_()
         out = torch.where(dropped, noise, x)
         return x.copy_(out) if inplace else out
-    return _masking.apply_keep(x, dropped, _keep(dropped, x.dtype, scale_by_keep), inplace)
+    scale = _scale(dropped, x.dtype) if scale_by_keep else None
+    return _masking.apply_mask(x, dropped, scale, inplace)
 
 
-def _keep(dropped: torch.Tensor, dtype: torch.dtype, scale_by_keep: bool) -> torch.Tensor:
-    """The factor per unit of the mask: timm's float32 scale (or 1) where kept, 0 where dropped."""
-    if not scale_by_keep:
-        return torch.logical_not(dropped).to(dtype)
+def _scale(dropped: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """timm's factor of the kept units, a 0-dim tensor: float64 for float64, else float32."""
     kept = (dropped.numel() - torch.count_nonzero(dropped)).to(torch.float32)
     # timm's arithmetic: a float32 sum plus 1e-7 (a no-op once 2 units are kept), then numel / it.
     scale = dropped.numel() / kept.add(1e-7)
     # float64 multiplies by the float32 scale widened, as timm does; float16/bfloat16 by the
     # float32 scale itself (timm rounds it to the input's dtype first).
-    if dtype == torch.float64:
-        scale = scale.to(dtype)
-    return torch.where(dropped, 0.0, scale)
+    return scale.to(dtype) if dtype == torch.float64 else scale
 
 
 torch.fx.wrap("drop_block_2d")

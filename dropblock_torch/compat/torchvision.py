@@ -63,7 +63,7 @@ def _drop_block(
     compute = torch.float64 if input.dtype == torch.float64 else torch.float32
     kept = (dropped.numel() - torch.count_nonzero(dropped)).to(compute)
     scale = dropped.numel() / (eps + kept)
-    return _masking.apply_keep(input, dropped, torch.where(dropped, 0.0, scale), inplace)
+    return _masking.apply_mask(input, dropped, scale, inplace)
 
 
 def drop_block2d(

@@ -95,7 +95,9 @@ def ramp_value(step: Any, drop_prob: float, total_steps: int, xp: Any) -> Any:
       >>> float(ramp_value(np.int64(50), 0.1, 100, np))
       0.05
     """
-    return xp.clip(step, 0, total_steps) * drop_prob / total_steps
+    # One multiplication by a constant: XLA turns a division by a constant into a multiplication
+    # by its reciprocal under jit, and then eager and jitted values would differ in the last bit.
+    return xp.clip(step, 0, total_steps) * (drop_prob / total_steps)
 
 
 @dataclasses.dataclass(frozen=True)

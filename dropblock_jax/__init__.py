@@ -3,7 +3,8 @@
 ``dropblock`` is the whole operation; ``sample_seeds`` and ``apply_seeds`` are its random and
 deterministic halves; ``seed_rate`` and ``expected_drop_fraction`` are the analytic values
 from ``dropblock_common``. Flax modules live in ``dropblock_jax.nnx`` and
-``dropblock_jax.linen``, the Equinox module in ``dropblock_jax.equinox``, optax-style schedules in ``dropblock_jax.schedules``.
+``dropblock_jax.linen``, the Equinox module in ``dropblock_jax.equinox``, optax-style
+schedules in ``dropblock_jax.schedules``.
 """
 
 from dropblock_common.rates import expected_drop_fraction, seed_rate

@@ -19,12 +19,13 @@ Fixed where timm misbehaves:
 - an inf or NaN in ``x`` becomes 0 where it is dropped (timm: NaN, from ``inf * 0``), with and
   without ``with_noise``;
 - float16 and bfloat16 inputs are rescaled in float32 and rounded once (timm rounds the scale
-  to the input's dtype first, up to 0.4% off in bfloat16); a float16 batch with (almost)
-  everything dropped gives zeros and finite values (timm: NaN and inf, the scale overflows);
+  to the input's dtype first: in bfloat16 every kept unit is scaled up to 0.4% off); in
+  float16, with everything dropped or fewer than 1 unit in 65504 kept, the output is zeros
+  and finite values (timm: NaN and inf, its scale overflows float16);
 - bad arguments raise a ``ValueError`` or ``TypeError`` naming them (timm: a ``drop_prob``
-  above 1 silently drops less than asked, a 3D input fails to unpack, a ``block_size`` of 0
-  divides by zero), and a seed rate above 1 (``gamma_scale`` > 1) saturates at 1 instead of
-  failing inside ``bernoulli_``;
+  above 1 runs, 1.5 dropping 86% of a 28x28 map; a 3D input fails to unpack; a
+  ``block_size`` of 0 divides by zero), and a seed rate above 1 (``gamma_scale`` > 1)
+  saturates at 1 instead of failing inside ``bernoulli_``;
 - ``drop_block_2d`` at ``drop_prob=0`` returns ``x`` and draws nothing, as ``DropBlock2d``
   does (timm draws a mask and returns a copy);
 - ``drop_block_2d`` is a leaf under ``torch.fx`` tracing, so a model with it traces in

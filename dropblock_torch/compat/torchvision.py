@@ -16,14 +16,15 @@ Fixed where torchvision misbehaves:
 
 - float16: the kept units are counted in float32, not float16, whose sum overflows to inf
   above 65504 and zeroes the whole output; float16 and bfloat16 are rescaled in float32 and
-  rounded once (torchvision counts and scales in bfloat16, up to 0.4% off); everything
-  dropped gives zeros (torchvision in float16: NaN);
+  rounded once (torchvision rounds the count and then the scale to bfloat16: every kept unit
+  scaled up to 0.8% off); everything dropped gives zeros (torchvision in float16: NaN);
 - ``eps=0`` with everything dropped gives zeros (torchvision: NaN, 0 / 0);
 - an inf or NaN in the input becomes 0 where it is dropped (torchvision: NaN, ``inf * 0``);
 - an even block works (blocks inside the map, as for odd ones); torchvision refuses it, also
   when an odd ``block_size`` is clipped to an even map (``block_size=7`` on a 6x6 map);
 - bad arguments raise a ``ValueError`` or ``TypeError`` naming them (torchvision: a NaN ``p``
-  fails inside ``bernoulli_``, a negative ``block_size`` or ``eps`` misbehaves silently).
+  fails inside ``bernoulli_`` and a negative ``block_size`` inside ``F.pad``; a NaN ``eps``
+  silently makes the whole output NaN, a negative one silently scales it up).
 """
 
 from __future__ import annotations

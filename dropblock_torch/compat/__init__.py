@@ -11,7 +11,10 @@ same bits in float32 and float64) and fixes what the peer gets wrong, as its doc
 None of them imports its peer.
 """
 
-from dropblock_torch.compat import timm, torchvision
+# The submodules are attributes (``compat.timm.DropBlock2d``) but not in ``__all__``: a star
+# import must not shadow the real timm or torchvision.
+from dropblock_torch.compat import timm as timm
+from dropblock_torch.compat import torchvision as torchvision
 from dropblock_torch.compat.dropblock import DropBlock2D, DropBlock3D, LinearScheduler
 
-__all__ = ["DropBlock2D", "DropBlock3D", "LinearScheduler", "timm", "torchvision"]
+__all__ = ["DropBlock2D", "DropBlock3D", "LinearScheduler"]

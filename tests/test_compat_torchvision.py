@@ -363,3 +363,9 @@ def test_the_drop_ins_import_neither_peer():
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
     assert result.stdout.strip() == "[]"
+
+
+def test_a_star_import_of_compat_shadows_neither_peer():
+    namespace = {}
+    exec("from dropblock_torch.compat import *", namespace)
+    assert {"timm", "torchvision"}.isdisjoint(namespace) and "DropBlock2D" in namespace

@@ -5,6 +5,7 @@ timm (``timm.layers.drop``) imports only beside the newest torch, where torchvis
 its own, as the benchmark does. Tests that need no peer run everywhere.
 """
 
+import copy
 import importlib.util
 import itertools
 import pathlib
@@ -454,3 +455,29 @@ def test_compiles_with_fullgraph():
     torch.manual_seed(0)
     out = compiled(x)
     assert torch.equal(torch.nan_to_num(out), torch.nan_to_num(expected)) and not torch.isnan(out).any()
+
+
+def test_a_timm_resnet_gives_the_same_outputs_with_the_drop_in():
+    timm = pytest.importorskip("timm")  # the whole of timm: beside the newest torch only
+    model = timm.create_model("resnet18", num_classes=10, pretrained=False, drop_block_rate=0.3)
+    swapped = copy.deepcopy(model)
+    replaced = 0
+    for name, layer in model.named_modules():
+        if isinstance(layer, timm.layers.DropBlock2d):
+            parent, _, child = name.rpartition(".")
+            options = dict(drop_prob=layer.drop_prob, block_size=layer.block_size, gamma_scale=layer.gamma_scale)
+            setattr(swapped.get_submodule(parent), child, compat.DropBlock2d(**options))
+            replaced += 1
+    assert replaced >= 2  # timm puts it in the last two stages
+    swapped.load_state_dict(model.state_dict())  # no state of its own: a strict load still fits
+    x = randn((2, 3, 96, 96))
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        expected = model(x)
+        torch.manual_seed(seed)
+        assert torch.equal(swapped(x), expected), seed
+    torch.manual_seed(0)
+    assert not torch.equal(model(x), expected)  # not vacuous: another draw, other blocks
+    model.eval()
+    swapped.eval()
+    assert torch.equal(swapped(x), model(x))

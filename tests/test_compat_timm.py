@@ -459,7 +459,9 @@ def test_compiles_with_fullgraph():
 
 def test_a_timm_resnet_gives_the_same_outputs_with_the_drop_in():
     timm = pytest.importorskip("timm")  # the whole of timm: beside the newest torch only
-    model = timm.create_model("resnet18", num_classes=10, pretrained=False, drop_block_rate=0.3)
+    # zero_init_last=False: with timm's zero-initialised last norm of each block, what DropBlock
+    # does inside a residual branch would not reach the output at all.
+    model = timm.create_model("resnet18", num_classes=10, drop_block_rate=0.3, zero_init_last=False)
     swapped = copy.deepcopy(model)
     replaced = 0
     for name, layer in model.named_modules():
@@ -471,13 +473,13 @@ def test_a_timm_resnet_gives_the_same_outputs_with_the_drop_in():
     assert replaced >= 2  # timm puts it in the last two stages
     swapped.load_state_dict(model.state_dict())  # no state of its own: a strict load still fits
     x = randn((2, 3, 96, 96))
+    outputs = []
     for seed in (0, 1):
         torch.manual_seed(seed)
-        expected = model(x)
+        outputs.append(model(x))
         torch.manual_seed(seed)
-        assert torch.equal(swapped(x), expected), seed
-    torch.manual_seed(0)
-    assert not torch.equal(model(x), expected)  # not vacuous: another draw, other blocks
+        assert torch.equal(swapped(x), outputs[-1]), seed
+    assert not torch.equal(outputs[0], outputs[1])  # not vacuous: another draw, other blocks
     model.eval()
     swapped.eval()
     assert torch.equal(swapped(x), model(x))

@@ -21,4 +21,5 @@ python3.11 -m venv .venv-newest
 .venv-newest/bin/pip install -q -e ".[test]" timm
 .venv-newest/bin/python -m pytest -q -n auto \
     dropblock_torch tests/test_torch_functional.py tests/test_torch_modules.py tests/test_torch_compat.py \
-    tests/test_torch_ddp.py tests/test_training_loops_torch.py tests/test_add_dropblock.py tests/test_readme.py
+    tests/test_torch_ddp.py tests/test_training_loops_torch.py tests/test_add_dropblock.py tests/test_readme.py \
+    tests/test_compat_timm.py tests/test_compat_torchvision.py

@@ -8,7 +8,7 @@ peers that are installed (timm's ``drop_block_2d``, torchvision's ``drop_block2d
 pair by pair, within one framework and one run.
 
 Timing is interleaved: each repeat runs every implementation of a shape once, in turn, so a
-burst of noise on a shared machine hits all of them alike rather than one row; on the CPU the
+burst of noise on a busy machine hits all of them alike rather than one row; on the CPU the
 last-level cache is flushed before each timed call, so every call starts equally cold, and the
 process runs with glibc's malloc told to keep freed memory (see ``ALLOCATOR_ENV``).
 
@@ -16,7 +16,7 @@ Peak memory is what one call allocates beyond its input (JAX: the compiled progr
 and output buffers; torch: the allocator's running peak during the call,
 from the profiler on the CPU and ``max_memory_allocated`` on a GPU). ``GB/s`` is the forward's
 bytes read plus written (``2 * x.nbytes``) over its time, to compare with the floor's. Prints a
-markdown table and the issue's targets.
+markdown table and the speed targets.
 
 timm is loaded from its ``layers/drop.py`` alone (``pip install --no-deps timm``), since the
 rest of timm imports torchvision, which does not import beside the CPU build of torch.

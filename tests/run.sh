@@ -13,7 +13,7 @@ export PIP_DISABLE_PIP_VERSION_CHECK=1
 python3.11 -m venv .venv
 .venv/bin/pip install -q torch==2.13.0
 .venv/bin/pip install -q -e ".[test]"
-.venv/bin/ruff check .
+.venv/bin/ruff check . && .venv/bin/ruff format --check .
 .venv/bin/python -m pytest -q -n auto
 
 python3.11 -m venv .venv-newest

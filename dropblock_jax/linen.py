@@ -44,6 +44,14 @@ COLLECTION = "dropblock"
 _INT32_MAX = 2**31 - 1
 
 
+def _frozen_step_message(name: str | None) -> str:
+    return (
+        f"DropBlock {name!r} advances its schedule's step in the {COLLECTION!r} collection, which this apply "
+        f"cannot change: pass mutable=[{COLLECTION!r}] to apply (and keep the updated variables), or pass "
+        "step=... (e.g. the optimizer's step), or build the layer with auto_step=False and use set_step."
+    )
+
+
 def _no_step_message(name: str | None) -> str:
     layer = "DropBlock" if name is None else f"DropBlock {name!r}"
     return (
@@ -150,12 +158,11 @@ class DropBlock(nn.Module):
             if step is None and step_variable is None:
                 raise ValueError(_no_step_message(self.name))
             rate = functional.scheduled_rate(self.drop_prob, step_variable.value if step is None else step)
-            if (
-                step is None
-                and self.auto_step
-                and self.is_mutable_collection(COLLECTION)
-                and not self.is_initializing()
-            ):
+            if step is None and self.auto_step and not self.is_initializing():
+                if not self.is_mutable_collection(COLLECTION):
+                    # As BatchNorm refuses to train with immutable batch_stats: a frozen step would
+                    # keep the ramp at its start, silently dropping nothing.
+                    raise ValueError(_frozen_step_message(self.name))
                 step_variable.value = step_variable.value + 1
         elif rate is None:
             rate = self.drop_prob

@@ -9,6 +9,7 @@ resumes the schedule.
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -140,8 +141,13 @@ def set_step(module: nn.Module, step: int | torch.Tensor) -> None:
       >>> round(model[1].drop_prob, 6)
       0.05
     """
-    if isinstance(step, bool) or not isinstance(step, int | torch.Tensor):
-        raise TypeError(f"step must be an int or an integer tensor, got {step=!r}.")
+    integral = isinstance(step, numbers.Integral) or (
+        isinstance(step, torch.Tensor) and step.dim() == 0 and not step.is_floating_point() and not step.is_complex()
+    )
+    if isinstance(step, bool) or not integral or (isinstance(step, torch.Tensor) and step.dtype == torch.bool):
+        raise TypeError(f"step must be an int or a 0-dim integer tensor, got {step=!r}.")
+    if isinstance(step, numbers.Integral) and step < 0:
+        raise ValueError(f"step must be at least 0, got {step=!r}.")
     for layer in module.modules():
         if isinstance(layer, _DropBlockNd) and layer.schedule is not None:
             layer.step.copy_(torch.as_tensor(step, dtype=torch.int64, device=layer.step.device))

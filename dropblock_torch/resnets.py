@@ -35,6 +35,11 @@ class _ThenDropBlock:
         return self.dropblock(output)
 
 
+def _foreign_dropblock(module: nn.Module) -> bool:
+    """A DropBlock of another library (timm's, built by ``drop_block_rate``; torchvision's)."""
+    return "dropblock" in type(module).__name__.lower()
+
+
 def _block_kind(block: nn.Module) -> str | None:
     """``"basic"`` or ``"bottleneck"`` for a torchvision or timm residual block, else None."""
     has = lambda *names: all(isinstance(getattr(block, name, None), nn.Module) for name in names)  # noqa: E731
@@ -115,7 +120,7 @@ def add_dropblock(
     placement = presets.resnet_placement(preset, block_size)
     drop_prob = validation.drop_prob_value(drop_prob)
     stages = _stages(model)
-    if any(isinstance(module, _DropBlockNd) for module in model.modules()):
+    if any(isinstance(module, _DropBlockNd) or _foreign_dropblock(module) for module in model.modules()):
         raise ValueError(
             f"model already has DropBlock layers; add_dropblock adds them once, got {type(model).__name__}."
         )

@@ -143,3 +143,9 @@ def test_unknown_models_and_bad_arguments_are_named():
     dt.add_dropblock(model)
     with pytest.raises(ValueError, match="already has DropBlock"):
         dt.add_dropblock(model)
+
+
+def test_a_timm_resnet_built_with_drop_block_rate_is_refused_not_doubled():
+    timm = pytest.importorskip("timm")
+    with pytest.raises(ValueError, match="already has DropBlock"):
+        dt.add_dropblock(timm.create_model("resnet18", drop_block_rate=0.1, pretrained=False))

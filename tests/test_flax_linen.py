@@ -118,8 +118,10 @@ def test_the_step_lives_in_the_dropblock_collection_and_advances_when_mutable():
     variables = {**variables, **updates}
     assert steps(variables) == {"first": 1, "second": 1}
     assert float((out == 0).mean()) > 0  # the constant layer drops (the schedules are at step 0)
-    # Not mutable: the stored step is read and stays; eval mode never advances it.
-    model.apply(variables, X, train=True, rngs=rngs)
+    # Not mutable in training: refused, as BatchNorm refuses immutable batch_stats (a frozen step
+    # would keep the ramp at its start and silently drop nothing); eval mode never advances it.
+    with pytest.raises(ValueError, match=r"pass mutable=\['dropblock'\] to apply"):
+        model.apply(variables, X, train=True, rngs=rngs)
     _, updates = model.apply(variables, X, train=False, mutable=["dropblock"])
     assert steps({**variables, **updates}) == {"first": 1, "second": 1}
     # auto_step=False: only set_step moves it.
@@ -134,8 +136,11 @@ def test_a_step_at_call_time_overrides_the_variable_and_leaves_it():
     rngs = {"dropout": jax.random.key(1)}
     out, updates = layer.apply(variables, X, deterministic=False, step=5, rngs=rngs, mutable=["dropblock"])
     assert int(updates["dropblock"]["step"]) == 0 and float((out == 0).mean()) > 0.1
-    stored = layer.apply(variables, X, deterministic=False, rngs=rngs)  # step 0 of the ramp
+    stored, _ = layer.apply(variables, X, deterministic=False, rngs=rngs, mutable=["dropblock"])  # step 0
     np.testing.assert_array_equal(stored, X)
+    # With auto_step=False the stored step is read and the collection may stay immutable.
+    manual = DropBlock(schedules.ramp(0.3, 5), 3, auto_step=False)
+    np.testing.assert_array_equal(manual.apply(variables, X, deterministic=False, rngs=rngs), X)
 
 
 def test_set_step_sets_every_step_and_keeps_the_mapping_type():

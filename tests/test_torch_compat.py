@@ -64,7 +64,7 @@ def test_eval_mode_and_zero_rate_are_the_identity():
 
 def test_fixed_everything_dropped_gives_zeros_where_the_package_gives_nan():
     x = torch.randn(2, 3, 6, 6)
-    old, new = both_outputs(dropblock.DropBlock2D(1.0 * 9, 3), compat.DropBlock2D(1.0 * 9, 3), x, seed=0)
+    old, new = both_outputs(dropblock.DropBlock2D(1.0, 1), compat.DropBlock2D(1.0, 1), x, seed=0)  # gamma 1
     assert torch.isnan(old).all()
     assert (new == 0).all()
 
@@ -152,3 +152,18 @@ def test_fixed_inf_and_nan_in_x_become_zero_where_dropped(value):
     # Kept units keep their value (inf stays inf, NaN stays NaN), dropped ones are exactly 0.
     assert torch.equal(torch.isnan(out), torch.isnan(x) & ~dropped)
     assert torch.equal(torch.isinf(out), torch.isinf(x) & ~dropped)
+
+
+@pytest.mark.parametrize(
+    "args, error, match",
+    [
+        ((float("nan"), 3), ValueError, r"drop_prob"),
+        ((-0.5, 3), ValueError, r"drop_prob=-0\.5"),
+        ((1.5, 3), ValueError, r"drop_prob=1\.5"),
+        ((0.1, 0), ValueError, r"block_size=0"),
+        ((0.1, 2.5), TypeError, r"block_size=2\.5"),
+    ],
+)
+def test_fixed_bad_arguments_are_named_not_silently_run(args, error, match):
+    with pytest.raises(error, match=match):
+        compat.DropBlock2D(*args)

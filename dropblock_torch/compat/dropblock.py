@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from dropblock_common import schedules as schedule_math
+from dropblock_common import validation
 from dropblock_torch import functional
 
 
@@ -48,6 +49,11 @@ class DropBlock2D(nn.Module):
 
     def __init__(self, drop_prob: float, block_size: int) -> None:
         super().__init__()
+        # 0.3.0 accepts anything here and then drops nothing (NaN, negative) or too much (1.5).
+        validation.drop_prob_value(drop_prob)
+        validation.block_size_tuple(block_size, 1)
+        if not isinstance(block_size, int):
+            raise TypeError(f"block_size must be an int (the side of the square block), got {block_size=!r}.")
         self.drop_prob = drop_prob
         self.block_size = block_size
 

@@ -166,8 +166,13 @@ class DropBlock(nn.Module):
                 step_variable.value = step_variable.value + 1
         elif rate is None:
             rate = self.drop_prob
-        if functional.concrete_zero(rate) and rng is None and not self.has_rng(self.rng_collection):
-            return x
+        if rng is None and not self.has_rng(self.rng_collection):
+            if functional.concrete_zero(rate):
+                return x
+            raise ValueError(
+                f"DropBlock {self.name!r} is training (deterministic=False) but has no random key: pass "
+                f"rngs={{{self.rng_collection!r}: key}} to apply (or rng=key to the call), or deterministic=True."
+            )
         key = self.make_rng(self.rng_collection) if rng is None else rng
         return functional.layer_dropblock(
             x,

@@ -170,3 +170,10 @@ def test_a_call_time_rate_may_be_traced_without_retracing():
 
     fractions = [float((apply(p) == 0).mean()) for p in (0.0, 0.1, 0.3)]
     assert len(traces) == 1 and fractions[0] == 0.0 < fractions[1] < fractions[2]
+
+
+def test_training_without_a_key_says_how_to_pass_one():
+    layer = DropBlock(0.1, 3)
+    with pytest.raises(ValueError, match=r"no random key: pass rngs=\{'dropout': key\} to apply"):
+        layer.apply({}, X, deterministic=False)
+    np.testing.assert_array_equal(DropBlock(0.0, 3).apply({}, X, deterministic=False), X)  # nothing to draw

@@ -5,6 +5,8 @@ fraction live here, once; the twins only translate them into their frameworks. P
 and numpy.
 """
 
+import importlib.metadata
+
 from dropblock_common.coverage import coverage_counts, coverage_histogram, seed_grid_shape
 from dropblock_common.rates import expected_drop_fraction, seed_rate
 from dropblock_common.validation import NORMALIZE_MODES, SEED_REGIONS
@@ -18,3 +20,4 @@ __all__ = [
     "seed_grid_shape",
     "seed_rate",
 ]
+__version__ = importlib.metadata.version("dropblock-jax")

@@ -7,8 +7,10 @@ from ``dropblock_common``. Flax modules live in ``dropblock_jax.nnx`` and
 schedules in ``dropblock_jax.schedules``.
 """
 
+import importlib.metadata
+
 from dropblock_common.rates import expected_drop_fraction, seed_rate
 from dropblock_jax.functional import apply_seeds, dropblock, sample_seeds
 
 __all__ = ["apply_seeds", "dropblock", "expected_drop_fraction", "sample_seeds", "seed_rate"]
-__version__ = "0.1.0"
+__version__ = importlib.metadata.version("dropblock-jax")

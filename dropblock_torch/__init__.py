@@ -5,6 +5,8 @@ deterministic halves; ``DropBlock1d``/``2d``/``3d`` the layers; ``LinearSchedule
 ``dropblock`` package's ramp; ``dropblock_torch.compat`` a drop-in for ``dropblock`` 0.3.0.
 """
 
+import importlib.metadata
+
 from dropblock_common.rates import expected_drop_fraction, seed_rate
 from dropblock_torch.functional import apply_seeds, drop_block, sample_seeds
 from dropblock_torch.modules import DropBlock1d, DropBlock2d, DropBlock3d, LinearScheduler, set_step
@@ -23,3 +25,4 @@ __all__ = [
     "seed_rate",
     "set_step",
 ]
+__version__ = importlib.metadata.version("dropblock-jax")

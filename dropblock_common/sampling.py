@@ -62,3 +62,18 @@ def budget_too_small(expected_seeds, budget: int, xp):
       (True, False)
     """
     return expected_seeds + 8 * xp.sqrt(expected_seeds) + 16 > budget
+
+
+def linear_seed_budget(size):
+    """A budget for a traced rate of at most ``TRACED_RATE_CAP`` that is linear in ``size``: ``size // 16 + 1024``.
+
+    Twice the expected seeds plus 1024 covers ``seed_budget``'s bound (the expected seeds plus
+    10 standard deviations plus 64) for every size, with no square root or rounding, so a
+    symbolic ``size`` (``torch.compile`` with a dynamic batch) gives a symbolic budget without
+    guards on its value.
+
+    Examples:
+      >>> linear_seed_budget(4_000_000), seed_budget(4_000_000, None)
+      (251024, 129024)
+    """
+    return size // 16 + 1024

@@ -1,4 +1,4 @@
-"""Each twin imports only its own framework."""
+"""Each twin imports only its own framework, and each layer module only its own library."""
 
 import subprocess
 import sys
@@ -9,9 +9,15 @@ import pytest
 @pytest.mark.parametrize(
     "package, forbidden",
     [
-        ("dropblock_common", ("jax", "torch", "flax")),
-        ("dropblock_jax", ("torch",)),
+        ("dropblock_common", ("jax", "torch", "flax", "equinox", "optax")),
+        ("dropblock_jax", ("torch", "flax", "equinox", "optax")),
+        ("dropblock_jax.schedules", ("torch", "flax", "equinox", "optax")),
+        ("dropblock_jax.nnx", ("torch", "equinox")),
+        ("dropblock_jax.linen", ("torch", "equinox")),
+        ("dropblock_jax.equinox", ("torch", "flax")),
         ("dropblock_torch", ("jax", "flax")),
+        # The drop-ins reimplement their peers; importing one must not need (or load) the peer.
+        ("dropblock_torch.compat", ("jax", "flax", "timm", "torchvision", "dropblock")),
     ],
 )
 def test_package_does_not_import_the_other_framework(package, forbidden):

@@ -12,50 +12,23 @@ tensor is never read back to the host; a CPU one is read for free to pick the sa
 
 from __future__ import annotations
 
-import dataclasses
-import math
 import numbers
-import operator
 from collections.abc import Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-from dropblock_common import coverage, rates, validation
+from dropblock_common import layout as layouts
+from dropblock_common import rates, validation
+from dropblock_torch import bitmask, sampling
 
 BlockSize = int | Sequence[int]
 Rate = float | torch.Tensor
 
 
-@dataclasses.dataclass(frozen=True)
-class _Layout:
-    """The shape of ``x`` (channels at dim 1), its spatial shape and the effective block.
-
-    The batch and channel sizes are kept as they come (symbolic under ``torch.compile`` with
-    dynamic shapes, so a smaller last batch neither recompiles nor breaks ``torch.export``);
-    the spatial sizes are Python ints: the seed rate depends on them.
-    """
-
-    shape: tuple
-    spatial_shape: tuple[int, ...]
-    block: tuple[int, ...]
-
-    def seed_shape(self, seed_region: str, share_channels: bool, share_batch: bool) -> tuple:
-        batch = 1 if share_batch else self.shape[0]
-        channels = 1 if share_channels else self.shape[1]
-        return (batch, channels, *coverage.seed_grid_shape(self.spatial_shape, self.block, seed_region))
-
-
-def _layout(shape: Sequence[int], block_size: BlockSize, name: str = "x") -> _Layout:
-    """The layout of a batched ``shape``; see ``_batched`` for one unbatched example."""
-    shape = tuple(shape)
-    dims = validation.spatial_dims(shape, name=name)
-    # operator.index, not int: under torch.compile it specialises a symbolic size to its value
-    # (a guard, so another map size recompiles) where int() would leave it symbolic.
-    spatial_shape = tuple(operator.index(size) for size in shape[2:])
-    block = validation.effective_block_size(spatial_shape, validation.block_size_tuple(block_size, dims))
-    return _Layout(shape, spatial_shape, block)
+def _layout(shape: Sequence[int], block_size: BlockSize, name: str = "x") -> layouts.Layout:
+    """The layout of a batched ``shape`` ``(N, C, *spatial)``; see ``_is_batch`` for one unbatched example."""
+    return layouts.layout(tuple(shape), block_size, channel_axis=1, name=name)
 
 
 def _is_batch(shape: Sequence[int], spatial_dims: int | None, name: str = "x") -> bool:
@@ -137,7 +110,7 @@ def _concrete_rates(
 _rate_table = torch.compiler.assume_constant_result(rates.rate_table)
 
 
-def _rates(drop_prob: Rate, concrete: float | None, layout: _Layout, seed_region: str, calibrate: bool, device):
+def _rates(drop_prob: Rate, concrete: float | None, layout: layouts.Layout, seed_region: str, calibrate: bool, device):
     """(gamma, expected dropped fraction): Python floats for a number, float32 tensors for a tensor."""
     if concrete is not None:
         return _concrete_rates(concrete, layout.spatial_shape, layout.block, seed_region, calibrate)
@@ -148,80 +121,36 @@ def _rates(drop_prob: Rate, concrete: float | None, layout: _Layout, seed_region
     return gamma, rates.expected_drop_fraction_array(gamma, table, torch, _torch_asarray)
 
 
-def _window_any(padded: torch.Tensor, dim: int, window: int) -> torch.Tensor:
-    """``out[i] = any(padded[i : i + window])`` along ``dim``, in O(log window) ORs.
-
-    The OR is ``torch.maximum`` (the same on bools), not ``|``: inductor's C++ backend (torch
-    2.14) cannot compile a bitwise op on padded bools under a second pad when it vectorises
-    over the channels ("operands to '?:' have different types VecMask<int,1> and
-    VecMask<float,1>").
-    """
-    covered, width = padded, 1
-    while 2 * width <= window:  # ``covered`` spans ``width`` cells; double it
-        length = covered.shape[dim] - width
-        covered = torch.maximum(covered.narrow(dim, 0, length), covered.narrow(dim, width, length))
-        width *= 2
-    if width < window:  # two overlapping spans of ``width`` make ``window``
-        rest = window - width
-        length = covered.shape[dim] - rest
-        covered = torch.maximum(covered.narrow(dim, 0, length), covered.narrow(dim, rest, length))
-    return covered
+dilate = bitmask.dilate
 
 
-def dilate(seeds: torch.Tensor, blocks: Sequence[int], paddings: Sequence[tuple[int, int]]) -> torch.Tensor:
-    """True wherever some seed's block lies: pad the seed grid, then a running OR per spatial dim.
-
-    Args:
-      seeds: a boolean seed grid ``(N, C, *grid)``.
-      blocks: the effective block size per spatial dim.
-      paddings: ``(low, high)`` zero padding per spatial dim (``coverage.block_padding``).
-
-    Returns:
-      A boolean tensor ``(N, C, *spatial)``.
-    """
-    dropped = seeds
-    # A box is separable: one running OR per spatial dim is exact and costs log k, not k^d.
-    for offset, (block, (low, high)) in enumerate(zip(blocks, paddings, strict=True)):
-        if block == 1:
-            continue
-        dim = 2 + offset
-        pad = [0, 0] * (dropped.dim() - 1 - dim) + [low, high]
-        dropped = _window_any(F.pad(dropped, pad), dim, block)
-    return dropped
+def _dropped_words(seeds: torch.Tensor, layout: layouts.Layout, seed_region: str) -> torch.Tensor:
+    return bitmask.dilate(seeds, layout.block, layout.block_paddings(seed_region))
 
 
-def _dropped_mask(seeds: torch.Tensor, layout: _Layout, seed_region: str) -> torch.Tensor:
-    paddings = [coverage.block_padding(block, seed_region) for block in layout.block]
-    return dilate(seeds, layout.block, paddings)
+_CHANNELS_LAST = {4: torch.channels_last, 5: torch.channels_last_3d}
 
 
 def _like_x(out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """``out`` in the memory format of ``x`` (channels_last stays channels_last)."""
-    for memory_format in (torch.channels_last, torch.channels_last_3d):
-        try:
-            wanted = x.is_contiguous(memory_format=memory_format) and not x.is_contiguous()
-        except RuntimeError:  # the format does not apply to this rank
-            continue
-        if wanted:
-            return out.contiguous(memory_format=memory_format)
+    memory_format = _CHANNELS_LAST.get(x.dim())
+    if memory_format is not None and not x.is_contiguous() and x.is_contiguous(memory_format=memory_format):
+        return out.contiguous(memory_format=memory_format)
     return out
 
 
-def _scale(dropped: torch.Tensor, normalize: str, expected_drop: Rate | None, compute: torch.dtype):
+def _scale(words: torch.Tensor, packing: bitmask.Packing, normalize: str, expected_drop, compute: torch.dtype):
     """The factor of the kept units: a scalar or one per sample, in ``compute``; None for ``"none"``."""
     if normalize == "none":
         return None
     if normalize == "expected":
-        expected_drop = torch.as_tensor(expected_drop, dtype=compute, device=dropped.device)
+        expected_drop = torch.as_tensor(expected_drop, dtype=compute, device=words.device)
         return rates.expected_rescale_array(expected_drop, torch)
-    # count_nonzero: several times faster than a sum over a bool tensor on the CPU.
-    if normalize == "batch":
-        lost, total = torch.count_nonzero(dropped).reshape((1,) * dropped.dim()), dropped.numel()
-    else:
-        dims = tuple(range(1, dropped.dim()))
-        lost, total = torch.count_nonzero(dropped, dim=dims).reshape(-1, *(1,) * len(dims)), dropped[0].numel()
+    per_sample = normalize == "sample"
+    lost = bitmask.count(words, packing, per_row=per_sample)
+    total = (words[0].numel() if per_sample else words.numel()) * packing.bits
     kept = (total - lost).to(compute)
-    total = torch.full((), total, dtype=compute, device=dropped.device)
+    total = torch.full((), total, dtype=compute, device=words.device)
     # The denominator is never 0, so no division by zero is ever evaluated.
     return torch.where(kept > 0, total / kept.clamp(min=1), 0.0)
 
@@ -243,94 +172,32 @@ def _normalized(x: torch.Tensor, dropped: torch.Tensor, scale: torch.Tensor | No
     return x.copy_(out) if inplace else _like_x(out, x)
 
 
-def _apply(x, seeds, layout, seed_region, normalize, noise, generator, expected_drop, inplace, poison=None):
-    """Expand ``seeds`` into blocks and apply them to ``x``.
+def _apply(x, words, packing, layout, seed_region, normalize, noise, generator, expected_drop, inplace, poison=None):
+    """Expand the seed ``words`` into blocks and apply them to ``x``.
 
     ``poison`` is ``drop_prob * 0`` for a tensor rate (0, or NaN for a NaN rate, which then
     turns the whole output NaN rather than silently dropping nothing), None for a number.
     """
-    dropped = _dropped_mask(seeds, layout, seed_region)
+    words = _dropped_words(words, layout, seed_region)
+    dropped = bitmask.unpack(words, packing)
     compute = torch.promote_types(x.dtype, torch.float32)
     if noise:
-        values = _uniform_like(x.shape, generator, x.device, compute, normal=True).to(x.dtype)
+        values = sampling._uniform(x.shape, generator, x.device, compute, normal=True).to(x.dtype)
         kept = x if poison is None else (x.to(compute) * (1 + poison)).to(x.dtype)
         out = torch.where(dropped, values, kept)
         return x.copy_(out) if inplace else _like_x(out, x)
-    scale = _scale(dropped, normalize, expected_drop, compute)
+    scale = _scale(words, packing, normalize, expected_drop, compute)
     if poison is not None:
         scale = 1 + poison if scale is None else scale + poison
     return _normalized(x, dropped, scale, inplace)
 
 
-def _uniform_like(shape, generator, device, dtype, normal=False) -> torch.Tensor:
-    """``torch.rand`` (or ``randn``) of ``shape``; no ``generator`` argument when there is none.
-
-    ``torch.rand(shape, generator=None)`` takes another overload that refuses symbolic sizes
-    under ``torch.compile`` (a smaller last batch would crash).
-    """
-    draw = torch.randn if normal else torch.rand
-    if generator is None:
-        return draw(tuple(shape), device=device, dtype=dtype)
-    return draw(tuple(shape), generator=generator, device=device, dtype=dtype)
-
-
-# Sparse sampling, as in dropblock_jax.sampling: below this rate draw only the successes.
-DENSE_ABOVE = 1 / 16
-SPARSE_MIN_SIZE = 1 << 14
-
-
-def seed_budget(size: int, gamma: float) -> int | None:
-    """Gaps drawn per round by the sparse sampler (the expected seeds plus 10 standard deviations), or None.
-
-    None (draw densely) for small grids, large rates, a rate of 0 and NaN.
-    """
-    if not 0.0 < gamma <= DENSE_ABOVE or size < SPARSE_MIN_SIZE:
-        return None
-    mean = size * gamma
-    return int(mean + 10 * math.sqrt(mean) + 64)
-
-
-def _sparse_seeds(gamma: float, size: int, budget: int, device, generator) -> torch.Tensor:
-    """Successes of a Bernoulli(gamma) sequence of ``size``, placed by geometric gaps.
-
-    Each round draws ``budget`` gaps past the last success so far; the sequence is memoryless,
-    so further rounds (rarely needed) continue it exactly.
-    """
-    seeds = torch.zeros(size + 1, dtype=torch.bool, device=device)
-    log_failure, last = math.log1p(-gamma), -1
-    while last < size:
-        uniform = _uniform_like((budget,), generator, device, torch.float64)
-        # Failures before each success, by inversion (log(0) = -inf gives a gap past the end).
-        gaps = torch.floor(torch.log(uniform) / log_failure).clamp_(max=size + 1).to(torch.int64)
-        positions = torch.cumsum(gaps + 1, 0) + last
-        seeds[positions.clamp_(max=size)] = True
-        last = int(positions[-1])
-    return seeds[:size]
-
-
-def bernoulli_seeds(
-    gamma: Rate,
-    shape: Sequence[int],
-    device: torch.device,
-    generator: torch.Generator | None,
-    allow_sparse: bool = True,
-) -> torch.Tensor:
-    """A boolean seed grid of ``shape``, i.i.d. Bernoulli(``gamma``), drawn on ``device``.
-
-    The one place that chooses the sampling method, as ``dropblock_jax.sampling`` is. Seeds are
-    rare, so on the CPU, in eager mode, only the successes are drawn (geometric gaps: exact).
-    Under ``torch.compile`` or ``torch.export`` (no reading back, no data-dependent loop), on
-    other devices (reading the rate back would synchronise), or for large rates: one uniform per
-    position. ``allow_sparse=False`` draws densely too (one example at a time, as under
-    ``torch.func.vmap``, where the sparse sampler's reading back cannot run).
-    """
-    on_cpu = torch.device(device if device is not None else "cpu").type == "cpu"
-    if allow_sparse and on_cpu and not _tracing():
-        rate = float(gamma)  # a CPU tensor reads back for free
-        budget = seed_budget(math.prod(shape), rate)
-        if budget is not None:
-            return _sparse_seeds(rate, math.prod(shape), budget, device, generator).reshape(tuple(shape))
-    return _uniform_like(shape, generator, device, torch.float32) < gamma
+def _seed_words(gamma, layout, seed_region, *, share_channels, share_batch, device, generator, allow_sparse=True):
+    """The seed grid as words, and their packing."""
+    seed_shape = layout.seed_shape(seed_region, share_channels, share_batch)
+    packing = bitmask.packing(seed_shape[1])
+    words = sampling.bernoulli_words(gamma, seed_shape, packing, device, generator, allow_sparse=allow_sparse)
+    return words, packing
 
 
 def sample_seeds(
@@ -377,12 +244,16 @@ def sample_seeds(
     validation.check_options(seed_region, calibrate=calibrate, share_channels=share_channels, share_batch=share_batch)
     concrete = _concrete_drop_prob(drop_prob)
     device = torch.device(device) if device is not None else generator.device if generator is not None else None
-    seed_shape = layout.seed_shape(seed_region, share_channels, share_batch)
     if concrete == 0.0:
+        seed_shape = layout.seed_shape(seed_region, share_channels, share_batch)
         seeds = torch.zeros(seed_shape, dtype=torch.bool, device=device)
     else:
         gamma, _ = _rates(drop_prob, concrete, layout, seed_region, calibrate, device)
-        seeds = bernoulli_seeds(gamma, seed_shape, device, generator, allow_sparse=batched)
+        flags = dict(share_channels=share_channels, share_batch=share_batch)
+        words, packing = _seed_words(
+            gamma, layout, seed_region, **flags, device=device, generator=generator, allow_sparse=batched
+        )
+        seeds = bitmask.unpack(words, packing)
     return seeds if batched else seeds[0]
 
 
@@ -451,7 +322,9 @@ def apply_seeds(
     )
     if normalize == "expected" and expected_drop is None and not noise:
         raise ValueError("normalize='expected' needs expected_drop=..., e.g. from expected_drop_fraction.")
-    return _apply(x, seeds.bool(), layout, seed_region, normalize, noise, generator, expected_drop, inplace)
+    packing = bitmask.packing(seeds.shape[1])
+    words = bitmask.pack(seeds.bool(), packing)
+    return _apply(x, words, packing, layout, seed_region, normalize, noise, generator, expected_drop, inplace)
 
 
 def drop_block(
@@ -515,9 +388,11 @@ def drop_block(
     if not training or concrete == 0.0:
         return x
     gamma, expected = _rates(drop_prob, concrete, layout, seed_region, calibrate, x.device)
-    seed_shape = layout.seed_shape(seed_region, share_channels, share_batch)
-    seeds = bernoulli_seeds(gamma, seed_shape, x.device, generator, allow_sparse=batched)
+    sharing = dict(share_channels=share_channels, share_batch=share_batch)
+    words, packing = _seed_words(
+        gamma, layout, seed_region, **sharing, device=x.device, generator=generator, allow_sparse=batched
+    )
     poison = None if concrete is not None else drop_prob.detach().to(device=x.device, dtype=expected.dtype) * 0
     batch = x if batched else x[None]
-    out = _apply(batch, seeds, layout, seed_region, normalize, noise, generator, expected, inplace, poison)
+    out = _apply(batch, words, packing, layout, seed_region, normalize, noise, generator, expected, inplace, poison)
     return out if batched else out[0]

@@ -1,0 +1,208 @@
+"""Seed grids and masks with the channels packed as bits of bytes: the twin of ``dropblock_jax.bitmask``.
+
+A DropBlock mask is one boolean per position, and a windowed OR of booleans is a windowed OR
+of their bits. So where the channel count is a multiple of 8, 8 channels of the seed grid are
+packed into one ``uint8``: the sampler scatters into 8 times fewer bytes, the block expansion
+runs over 8 times fewer elements and the dropped count is a popcount. The mask is unpacked
+once, into the booleans that zero ``x`` (under ``torch.compile`` the unpacking fuses into
+that pass). Bytes rather than wider words because an unpacked mask of bytes is a bool tensor
+with no conversion, where wider words would first unpack into a full-size tensor of their width.
+
+Other channel counts (a shared channel axis has size 1) stay one bool per position.
+
+Bit ``j`` of byte ``i`` is position ``8 * i + j`` in *packed order*: the flat order of the
+bytes ``(N, C // 8, *grid)``, with the bits as the fastest axis.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+
+BITS = 8
+
+
+@dataclasses.dataclass(frozen=True)
+class Packing:
+    """How a boolean grid ``(N, C, *grid)`` is stored: ``bits`` channels per element (8 in a byte, or 1 bool)."""
+
+    bits: int
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return torch.uint8 if self.bits > 1 else torch.bool
+
+    def words_shape(self, shape: Sequence) -> tuple:
+        return (shape[0], shape[1] // self.bits, *shape[2:])
+
+
+PACKED, UNPACKED = Packing(BITS), Packing(1)
+
+
+def packing(channels) -> Packing:
+    """Bytes of 8 channels where ``channels`` is a multiple of 8, else one bool per position.
+
+    Examples:
+      >>> packing(256), packing(3), packing(1)
+      (Packing(bits=8), Packing(bits=1), Packing(bits=1))
+    """
+    return PACKED if channels % BITS == 0 else UNPACKED
+
+
+def _shifts(device: torch.device, ndim: int) -> torch.Tensor:
+    """``0..7`` as uint8, shaped to broadcast along the bit axis (axis 2) of ``ndim`` dims."""
+    return torch.arange(BITS, dtype=torch.uint8, device=device).reshape(BITS, *(1,) * (ndim - 3))
+
+
+def pack_flat(flags: torch.Tensor, packing: Packing) -> torch.Tensor:
+    """Booleans in packed order (last axis a multiple of ``bits``) as bytes, 8 times shorter."""
+    if packing.bits == 1:
+        return flags
+    grouped = flags.reshape(*flags.shape[:-1], -1, BITS).to(torch.uint8)
+    # The bits are distinct powers of two, so their sum is their OR.
+    return (grouped << torch.arange(BITS, dtype=torch.uint8, device=flags.device)).sum(-1, dtype=torch.uint8)
+
+
+def pack(grid: torch.Tensor, packing: Packing) -> torch.Tensor:
+    """A boolean grid ``(N, C, *grid)`` as ``packing.words_shape(grid.shape)`` (the inverse of ``unpack``).
+
+    Examples:
+      >>> grid = torch.zeros(1, 8, 2, dtype=torch.bool)
+      >>> grid[0, 2, 1] = grid[0, 7, 1] = True
+      >>> pack(grid, PACKED).tolist()
+      [[[0, 132]]]
+      >>> bool(torch.equal(unpack(pack(grid, PACKED), PACKED), grid))
+      True
+    """
+    if packing.bits == 1:
+        return grid.bool()
+    n, c, *rest = grid.shape
+    grouped = grid.reshape(n, c // BITS, BITS, *rest).to(torch.uint8)
+    return (grouped << _shifts(grid.device, grouped.dim())).sum(2, dtype=torch.uint8)
+
+
+def unpack(words: torch.Tensor, packing: Packing) -> torch.Tensor:
+    """The boolean grid ``(N, C, *grid)`` that ``words`` hold."""
+    if packing.bits == 1:
+        return words
+    bits = words.unsqueeze(2) >> _shifts(words.device, words.dim() + 1)
+    if torch.compiler.is_compiling() or torch.compiler.is_exporting():
+        flags = (bits & 1) != 0  # fused into the pass that reads the mask
+    else:
+        flags = bits.bitwise_and_(1).view(torch.bool)  # 0 or 1 in a byte is a bool: no second pass
+    return flags.flatten(1, 2)
+
+
+def popcount(words: torch.Tensor) -> torch.Tensor:
+    """The number of set bits of each byte, as uint8 (SWAR: three shift-and-add steps).
+
+    Examples:
+      >>> popcount(torch.tensor([0, 1, 7, 128, 255], dtype=torch.uint8)).tolist()
+      [0, 1, 3, 1, 8]
+    """
+    pairs = words - ((words >> 1) & 0x55)
+    nibbles = (pairs & 0x33) + ((pairs >> 2) & 0x33)
+    return (nibbles + (nibbles >> 4)) & 0x0F
+
+
+def count(words: torch.Tensor, packing: Packing, per_row: bool) -> torch.Tensor:
+    """How many positions are set, in all of ``words`` or per row (leading index), as int64 with kept dims."""
+    dims = tuple(range(1, words.dim())) if per_row else tuple(range(words.dim()))
+    if packing.bits == 1:
+        # count_nonzero: several times faster than a sum over a bool tensor on the CPU.
+        counted = torch.count_nonzero(words, dim=dims)
+    else:
+        counted = popcount(words).sum(dims, dtype=torch.int64)
+    shape = (-1, *(1,) * (words.dim() - 1)) if per_row else (1,) * words.dim()
+    return counted.reshape(shape)
+
+
+def _window_or(padded: torch.Tensor, dim: int, window: int) -> torch.Tensor:
+    """``out[i] = OR(padded[i : i + window])`` along ``dim`` in O(log window) ORs of bytes."""
+    covered, width = padded, 1
+    while 2 * width <= window:  # ``covered`` spans ``width`` cells; double it
+        length = covered.shape[dim] - width
+        covered = torch.bitwise_or(covered.narrow(dim, 0, length), covered.narrow(dim, width, length))
+        width *= 2
+    if width < window:  # two overlapping spans of ``width`` make ``window``
+        rest = window - width
+        length = covered.shape[dim] - rest
+        covered = torch.bitwise_or(covered.narrow(dim, 0, length), covered.narrow(dim, rest, length))
+    return covered
+
+
+def _dilate_bytes(words: torch.Tensor, blocks: Sequence[int], paddings: Sequence[int]) -> torch.Tensor:
+    """The block expansion of bytes ``(N, C', *grid)``: pad, then a windowed OR per spatial dim."""
+    for offset, block in enumerate(blocks):
+        if block == 1:
+            continue
+        dim = 2 + offset
+        low, high = paddings[2 * offset], paddings[2 * offset + 1]
+        pad = [0, 0] * (words.dim() - 1 - dim) + [low, high]
+        words = _window_or(F.pad(words, pad), dim, block)
+    return words.contiguous()
+
+
+@torch.library.custom_op("dropblock_torch::dilate", mutates_args=())
+def _dilate_op(words: torch.Tensor, blocks: Sequence[int], paddings: Sequence[int]) -> torch.Tensor:
+    return _dilate_bytes(words, blocks, paddings)
+
+
+@_dilate_op.register_fake
+def _(words: torch.Tensor, blocks: Sequence[int], paddings: Sequence[int]) -> torch.Tensor:
+    spatial = [
+        size + paddings[2 * i] + paddings[2 * i + 1] - block + 1
+        for i, (size, block) in enumerate(zip(words.shape[2:], blocks, strict=True))
+    ]
+    return words.new_empty((*words.shape[:2], *spatial))
+
+
+def _dilate_vmap(info, in_dims, words, blocks, paddings):
+    # One op over the vmapped and the batch dims together: merge them, dilate, split again.
+    batch_dim = in_dims[0]
+    if batch_dim is None:
+        return _dilate_op(words, blocks, paddings), None
+    moved = words.movedim(batch_dim, 0)
+    merged = moved.reshape(-1, *moved.shape[2:])
+    out = _dilate_op(merged, blocks, paddings)
+    return out.reshape(moved.shape[0], moved.shape[1], *out.shape[1:]), 0
+
+
+_dilate_op.register_vmap(_dilate_vmap)
+
+
+def dilate(words: torch.Tensor, blocks: Sequence[int], paddings: Sequence[tuple[int, int]]) -> torch.Tensor:
+    """True (a set bit) wherever some seed's block lies: a windowed OR per spatial dim.
+
+    Under ``torch.compile`` the expansion is one opaque op (``dropblock_torch::dilate``), so
+    inductor neither inlines its O(log k) stages into each other (which would recompute every
+    stage for every output) nor into the pass over ``x``.
+
+    Args:
+      words: a seed grid ``(N, C', *grid)`` of bools or packed bytes.
+      blocks: the effective block size per spatial dim.
+      paddings: ``(low, high)`` zero padding per spatial dim (``coverage.block_padding``).
+
+    Returns:
+      A tensor of ``words``' dtype, ``(N, C', *spatial)``.
+
+    Examples:
+      >>> seeds = torch.zeros(1, 1, 3, dtype=torch.bool)
+      >>> seeds[0, 0, 1] = True
+      >>> dilate(seeds, [2], [(1, 1)])[0, 0].tolist()  # valid region, k=2: a seed at j drops j, j + 1
+      [False, True, True, False]
+    """
+    if all(block == 1 for block in blocks):
+        return words
+    flat_paddings = [side for pair in paddings for side in pair]
+    as_bytes = words.view(torch.uint8) if words.dtype == torch.bool else words
+    if torch.compiler.is_compiling() or torch.compiler.is_exporting():
+        dilated = _dilate_op(as_bytes, list(blocks), flat_paddings)
+        # A comparison, not a bool view: inductor's C++ backend cannot vectorise a byte buffer
+        # read as bools (``Vectorized<bool>`` has no conversions).
+        return dilated != 0 if words.dtype == torch.bool else dilated
+    dilated = _dilate_bytes(as_bytes, blocks, flat_paddings)
+    return dilated.view(torch.bool) if words.dtype == torch.bool else dilated

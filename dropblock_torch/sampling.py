@@ -1,0 +1,171 @@
+"""How ``drop_block`` draws its seeds: i.i.d. Bernoulli(gamma), the twin of ``dropblock_jax.sampling``.
+
+The policy (when to draw only the successes, with how many draws) is ``dropblock_common.sampling``.
+Seeds are rare, so the successes are placed by geometric gaps instead of one uniform per
+position. Where the torch twin differs from the JAX one, and why:
+
+- Eager, on the CPU: rounds of ``budget`` gaps until the grid is complete, in Python (reading
+  the last position back is free on the CPU), so there is no fallback to pay for.
+- Under ``torch.compile`` or ``torch.export`` on the CPU: a round budgeted for the usual rates,
+  then, only if the grid is not complete (``torch.cond``), a round budgeted for
+  ``TRACED_RATE_CAP``, then a dense draw past the last success. Budgets are linear in the grid
+  size (``linear_seed_budget``: symbolic with a dynamic batch, without guards on its value),
+  and the sequence is memoryless, so every path is exact: what JAX's ``while_loop`` and
+  ``cond`` do, with a fixed number of rounds.
+- On other devices: one uniform per position. Reading a GPU value back would synchronise, and a
+  GPU draws a uniform per position at its memory bandwidth anyway.
+- One unbatched example (``torch.func.vmap`` over examples): one uniform per position, since
+  vmap cannot run a loop whose length depends on the draw.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+
+from dropblock_common import sampling as policy
+from dropblock_torch import bitmask
+from dropblock_torch.bitmask import Packing
+
+
+def _uniform(shape: Sequence, generator, device, dtype=torch.float32, normal: bool = False) -> torch.Tensor:
+    """``torch.rand`` (or ``randn``) of ``shape``; no ``generator`` argument when there is none.
+
+    ``torch.rand(shape, generator=None)`` takes another overload that refuses symbolic sizes
+    under ``torch.compile`` (a smaller last batch would crash).
+    """
+    draw = torch.randn if normal else torch.rand
+    if generator is None:
+        return draw(tuple(shape), device=device, dtype=dtype)
+    return draw(tuple(shape), generator=generator, device=device, dtype=dtype)
+
+
+def sparse_positions(gamma: float, size: int, budget: int, device, generator) -> torch.Tensor:
+    """The successes of a Bernoulli(gamma) sequence of ``size`` positions, in increasing order (int64).
+
+    Each round draws ``budget`` gaps past the last success so far; the sequence is memoryless,
+    so further rounds (rarely needed) continue it exactly.
+
+    Examples:
+      >>> positions = sparse_positions(0.01, 100_000, 2048, "cpu", torch.Generator().manual_seed(0))
+      >>> bool(800 < positions.numel() < 1200), bool((positions.diff() > 0).all())
+      (True, True)
+    """
+    log_failure, last, rounds = math.log1p(-gamma), -1, []
+    while last < size - 1:
+        uniform = _uniform((budget,), generator, device, torch.float64)
+        # Failures before each success, by inversion (log(0) = -inf gives a gap past the end).
+        gaps = torch.floor(torch.log(uniform) / log_failure).clamp_(max=size).to(torch.int64)
+        positions = torch.cumsum(gaps + 1, 0) + last
+        last = int(positions[-1])
+        rounds.append(positions)
+    positions = torch.cat(rounds)
+    return positions[positions < size]
+
+
+def _scatter(positions: torch.Tensor, words_numel, packing: Packing, device) -> torch.Tensor:
+    """Flat words with the bits at ``positions`` set; positions >= ``words_numel * bits`` land in a spare word."""
+    words = torch.zeros(words_numel + 1, dtype=packing.dtype, device=device)
+    if packing.bits == 1:
+        return words.index_put_((positions,), torch.ones((), dtype=torch.bool, device=device))
+    bits = torch.ones((), dtype=torch.uint8, device=device) << (positions & (packing.bits - 1)).to(torch.uint8)
+    # Positions are distinct, so adding their bits is OR-ing them.
+    return words.index_put_((positions // packing.bits,), bits, accumulate=True)
+
+
+def _dense_words(gamma, size, packing: Packing, device, generator) -> torch.Tensor:
+    return bitmask.pack_flat(_uniform((size,), generator, device) < gamma, packing)
+
+
+# The first traced round is budgeted for the rates DropBlock mostly runs at (gamma is about 1/300
+# at the paper's drop_prob 0.1 and block 7); a second round covers up to TRACED_RATE_CAP.
+FIRST_ROUND_RATE_CAP = 1 / 256
+
+
+def _traced_round(gamma: torch.Tensor, size, budget, last, device) -> torch.Tensor:
+    """Positions (int64, increasing) of the next ``budget`` successes after ``last``; past the end is ``size``."""
+    log_failure = torch.log1p(-gamma)
+    # A rate of 0 (or NaN) has no seeds: every gap runs past the end, with no division by zero.
+    has_seeds = log_failure < 0
+    safe_log_failure = torch.where(has_seeds, log_failure, -1.0)
+    uniform = _uniform((budget,), None, device).clamp_(min=torch.finfo(torch.float32).tiny)
+    gaps = torch.where(has_seeds, torch.floor(torch.log(uniform) / safe_log_failure).clamp(max=size), size)
+    return (torch.cumsum(gaps.to(torch.int64) + 1, 0) + last).clamp(max=size)
+
+
+def _traced_sparse_words(gamma: torch.Tensor, size, packing: Packing, device) -> torch.Tensor:
+    """Rounds of gaps (a small one, then one budgeted for ``TRACED_RATE_CAP``), then a dense tail if still short.
+
+    Each step runs only if the grid is not complete yet (``torch.cond``); words are bytes even
+    unpacked, since inductor (torch 2.13) mishandles a bool operand of ``torch.cond``.
+    """
+
+    def words_at(positions: torch.Tensor) -> torch.Tensor:
+        return _scatter(positions, size // packing.bits, packing, device)[:-1].to(torch.uint8)
+
+    def as_is(words: torch.Tensor, last: torch.Tensor, gamma: torch.Tensor) -> torch.Tensor:
+        return words.clone()
+
+    def dense_tail(words: torch.Tensor, last: torch.Tensor, gamma: torch.Tensor) -> torch.Tensor:
+        after = torch.arange(size, device=device) > last
+        return words | bitmask.pack_flat((_uniform((size,), None, device) < gamma) & after, packing).to(torch.uint8)
+
+    def second_round(words: torch.Tensor, last: torch.Tensor, gamma: torch.Tensor) -> torch.Tensor:
+        positions = _traced_round(gamma, size, policy.linear_seed_budget(size), last, device)
+        words = words | words_at(positions)
+        return torch.cond(positions[-1] < size - 1, dense_tail, as_is, (words, positions[-1], gamma))
+
+    first_budget = policy.linear_seed_budget(size, FIRST_ROUND_RATE_CAP)
+    positions = _traced_round(gamma, size, first_budget, torch.tensor(-1, device=device), device)
+    words = torch.cond(positions[-1] < size - 1, second_round, as_is, (words_at(positions), positions[-1], gamma))
+    return words if packing.bits > 1 else words != 0
+
+
+def bernoulli_words(
+    gamma: float | torch.Tensor,
+    shape: Sequence,
+    packing: Packing,
+    device: torch.device | None,
+    generator: torch.Generator | None,
+    allow_sparse: bool = True,
+) -> torch.Tensor:
+    """A seed grid of ``shape`` ``(N, C, *grid)``, i.i.d. Bernoulli(``gamma``), as ``packing`` words.
+
+    The one place that chooses the sampling method (see the module docstring).
+
+    Args:
+      gamma: the seed rate, a float or a 0-dim float32 tensor.
+      shape: the seed grid's shape.
+      packing: how the grid is stored (``bitmask.packing``).
+      device: where to draw; None is the CPU.
+      generator: the ``torch.Generator`` to draw from, None for the global one.
+      allow_sparse: False draws one uniform per position (one example under ``torch.func.vmap``).
+
+    Returns:
+      Words of ``packing.words_shape(shape)``.
+
+    Examples:
+      >>> words = bernoulli_words(0.003, (4, 64, 22, 22), bitmask.PACKED, None, torch.Generator().manual_seed(0))
+      >>> tuple(words.shape), words.dtype
+      ((4, 8, 22, 22), torch.uint8)
+    """
+    shape = tuple(shape)
+    words_shape = packing.words_shape(shape)
+    size = math.prod(shape)
+    on_cpu = torch.device(device if device is not None else "cpu").type == "cpu"
+    tracing = torch.compiler.is_compiling() or torch.compiler.is_exporting()
+    if allow_sparse and on_cpu and tracing and generator is None:
+        # A symbolic size (a dynamic batch) is never compared: a guard on it would restrict the
+        # batch sizes a graph serves, which torch.export refuses. Positions are int64: no maximum.
+        if not isinstance(size, int) or size >= policy.SPARSE_MIN_SIZE:
+            gamma = torch.as_tensor(gamma, dtype=torch.float32, device=device)
+            return _traced_sparse_words(gamma, size, packing, device).reshape(words_shape)
+    elif allow_sparse and on_cpu and not tracing:
+        rate = float(gamma)  # a CPU tensor reads back for free
+        budget = policy.seed_budget(size, rate)
+        if budget is not None:
+            positions = sparse_positions(rate, size, budget, device, generator)
+            return _scatter(positions, size // packing.bits, packing, device)[:-1].reshape(words_shape)
+    return _dense_words(gamma, size, packing, device, generator).reshape(words_shape)

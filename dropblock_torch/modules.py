@@ -101,10 +101,14 @@ class _DropBlockNd(nn.Module):
             state_dict.setdefault(prefix + "step", self.step.detach().clone())
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
-    def _current_rate(self) -> torch.Tensor:
+    def _current_rate(self) -> float | torch.Tensor:
+        # Eager, a rate known on the host goes as a float: its seed rate is worked out once per
+        # configuration instead of per call. Compiled, it stays a tensor, so a new value never recompiles.
+        tracing = torch.compiler.is_compiling() or torch.compiler.is_exporting()
         if self.schedule is None:
-            return self.rate
-        return torch.as_tensor(self.schedule(self.step), dtype=torch.float32, device=self.step.device)
+            return self.rate if tracing else self._drop_prob
+        rate = torch.as_tensor(self.schedule(self.step), dtype=torch.float32, device=self.step.device)
+        return float(rate) if not tracing and rate.device.type == "cpu" else rate
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training:

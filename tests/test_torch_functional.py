@@ -153,11 +153,23 @@ def test_gradient_is_keep_times_scale(normalize):
     torch.testing.assert_close(x.grad, (out / x).detach() * weights, rtol=2e-6, atol=0)
 
 
-def test_a_tensor_rate_gets_no_gradient_and_is_not_read_back():
+def test_a_tensor_rate_gets_no_gradient():
     rate = torch.tensor(0.2, requires_grad=True)
     x = random_x((2, 3, 10, 10)).requires_grad_()
     dt.drop_block(x, rate, 3, normalize="expected", calibrate=True).sum().backward()
     assert rate.grad is None
+
+
+@pytest.mark.parametrize("share_channels", [False, True])
+@pytest.mark.parametrize("normalize", ["batch", "expected"])
+def test_a_rate_off_the_cpu_is_never_read_back(share_channels, normalize):
+    # A meta tensor has no data: reading it back (float(), .item(), a data-dependent branch)
+    # raises, as a GPU read would synchronise. The grid is large enough for sparse sampling.
+    x = torch.ones(4, 64, 40, 40, device="meta")
+    rate = torch.tensor(0.1, device="meta")
+    out = dt.drop_block(x, rate, 5, calibrate=True, share_channels=share_channels, normalize=normalize)
+    assert out.device.type == "meta" and out.shape == x.shape
+    assert dt.sample_seeds(x.shape, rate, 5, device="meta").shape == (4, 64, 36, 36)
 
 
 def test_tensor_and_float_rates_agree():

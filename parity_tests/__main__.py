@@ -15,7 +15,8 @@ import time
 from tqdm import tqdm
 
 
-def main(argv: list[str] | None = None) -> int:
+def argument_parser() -> argparse.ArgumentParser:
+    """The command line's options: ``--device``, ``--out``, ``--draws``."""
     parser = argparse.ArgumentParser(prog="python -m parity_tests", description=__doc__.splitlines()[0])
     parser.add_argument(
         "--device",
@@ -27,20 +28,14 @@ def main(argv: list[str] | None = None) -> int:
         "--out", default="parity_report", type=pathlib.Path, help="folder for report.md, results.json and figures"
     )
     parser.add_argument("--draws", default=8192, type=int, help="independent masks per configuration and framework")
-    args = parser.parse_args(argv)
-    if args.draws < 64:
-        parser.error(f"--draws must be at least 64, got --draws={args.draws}.")
+    return parser
 
-    from parity_tests import devices as device_choice
-    from parity_tests import exact, report, statistical
 
-    try:
-        devices = device_choice.resolve(args.device)
-    except ValueError as error:
-        parser.error(str(error))
-    args.out.mkdir(parents=True, exist_ok=True)
-    start = time.perf_counter()
-    checks, figure_data = [], []
+def run_suite(devices, draws: int) -> tuple[list, list]:
+    """Every exact check (judged) and every statistical configuration's results (not yet judged)."""
+    from parity_tests import exact, statistical
+
+    checks, results = [], []
     exact_configs = exact.exact_configs()
     with tqdm(total=len(exact_configs) + len(statistical.CONFIGS) + 2, desc="parity", unit="check") as progress:
         for config in exact_configs:
@@ -50,28 +45,70 @@ def main(argv: list[str] | None = None) -> int:
         progress.update(2)
         for config in statistical.CONFIGS:
             progress.set_postfix_str(config.name)
-            config_checks, figure = statistical.run_statistical(config, args.draws, devices)
-            checks += config_checks
-            figure_data.append(figure)
+            results.append(statistical.measure(config, draws, devices))
             progress.update()
-    figure_paths = report.figures(figure_data, args.out)
-    elapsed = time.perf_counter() - start
-    header = (
-        f"Device: {devices.describe()}. Draws per configuration and framework: {args.draws}. "
-        f"Statistical tests share a false-alarm rate of {statistical.SUITE_FALSE_ALARM:g} (Bonferroni: "
-        f"each at {statistical.ALPHA:.2e}, |z| < {statistical.Z_BOUND:.2f}). Took {elapsed:.0f} s."
-    )
-    report.write(args.out, header, checks, figure_paths)
+    return checks, results
+
+
+def print_summary(checks: list, header: str, out: pathlib.Path) -> None:
+    """The statistical rows and the exact summary as a table, the header, and every failure."""
+    from parity_tests import report
 
     shown = [c for c in checks if c.kind == "statistical"] + report.exact_summary(
         [c for c in checks if c.kind == "exact"]
     )
     print(report.text_table(report.rows(shown)))
     failed = [c for c in checks if not c.passed]
-    print(f"\n{header}\n{len(checks) - len(failed)} of {len(checks)} checks passed; report in {args.out}/report.md")
+    print(f"\n{header}\n{len(checks) - len(failed)} of {len(checks)} checks passed; report in {out}/report.md")
     for check in failed:
         print(f"FAILED: {check.config}: {check.statistic}: {check.test_statistic} ({check.bound})")
-    return 1 if failed else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the suite as ``argv`` (default: the command line) says and write the report.
+
+    Args:
+      argv: the command-line arguments, without the program name.
+
+    Returns:
+      0 if every check passed, 1 if not.
+
+    Raises:
+      SystemExit: for ``--help`` (status 0) or a bad argument (status 2), from argparse.
+
+    Examples:
+      >>> main(["--draws", "8"])
+      Traceback (most recent call last):
+      SystemExit: 2
+    """
+    parser = argument_parser()
+    args = parser.parse_args(argv)
+    if args.draws < 64:
+        parser.error(f"--draws must be at least 64, got --draws={args.draws}.")
+
+    # Imported only now, so that --help and a bad option answer without loading jax and torch.
+    from parity_tests import devices as device_choice
+    from parity_tests import report, statistical
+
+    try:
+        devices = device_choice.resolve(args.device)
+    except ValueError as error:
+        parser.error(str(error))
+    args.out.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    checks, results = run_suite(devices, args.draws)
+    # Judged only now: the per-test level depends on how many tests all configurations produced.
+    checks += statistical.judge(results)
+    figure_paths = report.figures([result.figure for result in results], args.out)
+    header = (
+        f"Device: {devices.describe()}. Draws per configuration and framework: {args.draws}. "
+        f"{statistical.number_of_tests(results)} statistical tests share a false-alarm rate of "
+        f"{statistical.SUITE_FALSE_ALARM:g} (Bonferroni: each at {statistical.per_test_level(results):.2g}). "
+        f"Took {time.perf_counter() - start:.0f} s."
+    )
+    report.write(args.out, header, checks, figure_paths)
+    print_summary(checks, header, args.out)
+    return 0 if all(check.passed for check in checks) else 1
 
 
 if __name__ == "__main__":

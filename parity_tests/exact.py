@@ -4,9 +4,10 @@ The seeds are drawn once with numpy, in the torch layout ``(N, C, *grid)``, and 
 channels-last layout for JAX. Outputs and gradients must agree to 1 ulp of their dtype (in
 practice they are bit-identical: both twins do the same float32 operations in the same
 order); masks must be identical. The JAX channels-first path (``channel_axis=1``) is checked
-against its channels-last path too. Beyond masks, the traced seed rate and expected drop
-(float32 code in each framework) must agree with ``dropblock_common``'s float64 values, and
-the schedules with ``numpy.linspace``.
+against its channels-last path too. Beyond masks, the seed rate and expected drop that the
+twins compute for a traced rate (the float32 code of ``dropblock_common.rates`` in each
+framework, and the ``normalize="expected"`` scale each twin's ``dropblock`` applies) must agree
+with ``dropblock_common``'s float64 values, and the schedules with ``numpy.linspace``.
 """
 
 from __future__ import annotations
@@ -23,10 +24,9 @@ import torch
 import dropblock_common as dc
 import dropblock_jax as dj
 import dropblock_torch as dt
-from dropblock_common import validation
-from dropblock_jax import functional as jax_functional
+from dropblock_common import rates
+from dropblock_common.layout import layout
 from dropblock_jax import schedules as jax_schedules
-from dropblock_torch import functional as torch_functional
 from dropblock_torch import schedules as torch_schedules
 from parity_tests.checks import Check
 from parity_tests.devices import Devices
@@ -51,10 +51,13 @@ DTYPES = {
     "float16": (jnp.float16, torch.float16, 10),
 }
 EXPECTED_DROP = 0.2  # the value handed to normalize="expected"
+SEED_DENSITY = 0.15  # fraction of seed positions set: overlapping blocks, and kept units left
 
 
 @dataclasses.dataclass(frozen=True)
 class ExactConfig:
+    """One input shape, block and option set, fed the same seeds in both twins."""
+
     shape: tuple[int, ...]
     block_size: int | tuple[int, ...]
     label: str
@@ -70,16 +73,37 @@ class ExactConfig:
 
 
 def exact_configs(every_dtype: bool = True) -> list[ExactConfig]:
-    """Every shape x seed region x sharing x normalisation in float32; the half types on two shapes."""
+    """Every shape x seed region x sharing x normalisation in float32; the half types on two shapes.
+
+    Examples:
+      >>> len(exact_configs(every_dtype=False))
+      192
+    """
     configs = [
-        ExactConfig(shape, block, label, region, share, normalize, "float32")
+        ExactConfig(
+            shape=shape,
+            block_size=block,
+            label=label,
+            seed_region=region,
+            share=share,
+            normalize=normalize,
+            dtype="float32",
+        )
         for (shape, block, label), region, share, normalize in itertools.product(
             SHAPES, ("valid", "full"), SHARING, dc.NORMALIZE_MODES
         )
     ]
     if every_dtype:
         configs += [
-            ExactConfig(shape, block, label, region, "none", normalize, dtype)
+            ExactConfig(
+                shape=shape,
+                block_size=block,
+                label=label,
+                seed_region=region,
+                share="none",
+                normalize=normalize,
+                dtype=dtype,
+            )
             for (shape, block, label), region, normalize, dtype in itertools.product(
                 SHAPES[2:4], ("valid", "full"), ("batch", "expected"), ("bfloat16", "float16")
             )
@@ -87,20 +111,100 @@ def exact_configs(every_dtype: bool = True) -> list[ExactConfig]:
     return configs
 
 
-def _seed_grid(config: ExactConfig, rng: np.random.Generator) -> np.ndarray:
-    spatial = config.shape[2:]
-    block = validation.effective_block_size(spatial, validation.block_size_tuple(config.block_size, len(spatial)))
-    grid = list(dc.seed_grid_shape(spatial, block, config.seed_region))
-    batch = 1 if config.share == "batch" else config.shape[0]
-    channels = 1 if config.share == "channels" else config.shape[1]
-    return rng.random((batch, channels, *grid)) < 0.15
+@dataclasses.dataclass(frozen=True)
+class ExactInputs:
+    """What both twins are fed, in the torch layout ``(N, C, *spatial)``.
+
+    Attributes:
+      seeds: the boolean seed grid, size 1 on a shared axis.
+      x: the input, float32, no zeros (a zero would look like a dropped unit).
+      weights: the cotangent: the gradient is that of ``sum(out * weights)``.
+    """
+
+    seeds: np.ndarray
+    x: np.ndarray
+    weights: np.ndarray
 
 
-def _ulps(a: np.ndarray, b: np.ndarray, mantissa_bits: int) -> float:
+@dataclasses.dataclass(frozen=True)
+class TwinResult:
+    """One twin's output and gradient, as float32 numpy arrays in the torch layout."""
+
+    out: np.ndarray
+    grad: np.ndarray
+
+
+def exact_inputs(config: ExactConfig) -> ExactInputs:
+    """Seeds, input and cotangent of a configuration, from a generator seeded by its name."""
+    rng = np.random.default_rng(zlib.crc32(config.name.encode()))
+    seed_shape = layout(config.shape, config.block_size).seed_shape(
+        config.seed_region, share_channels=config.share == "channels", share_batch=config.share == "batch"
+    )
+    seeds = rng.random(seed_shape) < SEED_DENSITY
+    x = rng.uniform(-2.0, 2.0, config.shape).astype(np.float32)
+    x[np.abs(x) < 1e-3] = 1.0
+    weights = rng.uniform(-1.0, 1.0, config.shape).astype(np.float32)
+    return ExactInputs(seeds=seeds, x=x, weights=weights)
+
+
+def _apply_options(config: ExactConfig) -> dict:
+    return dict(seed_region=config.seed_region, normalize=config.normalize, expected_drop=EXPECTED_DROP)
+
+
+def _to_numpy(value) -> np.ndarray:
+    if isinstance(value, torch.Tensor):
+        return value.detach().float().cpu().numpy()
+    return np.asarray(jnp.asarray(value, jnp.float32))
+
+
+def _channels_last(array: np.ndarray) -> jax.Array:
+    return jnp.moveaxis(jnp.asarray(array), 1, -1)
+
+
+def jax_result(config: ExactConfig, inputs: ExactInputs, devices: Devices) -> TwinResult:
+    """``dropblock_jax.apply_seeds`` with channels last, and its gradient, moved to the torch layout."""
+    jax_dtype = DTYPES[config.dtype][0]
+
+    def loss(x, seeds, weights):
+        out = dj.apply_seeds(x, seeds, config.block_size, **_apply_options(config))
+        return jnp.sum(out.astype(jnp.float32) * weights), out
+
+    with jax.default_device(devices.jax_device):
+        x = _channels_last(inputs.x).astype(jax_dtype)
+        (_, out), grad = jax.value_and_grad(loss, has_aux=True)(
+            x, _channels_last(inputs.seeds), _channels_last(inputs.weights)
+        )
+    return TwinResult(out=np.moveaxis(_to_numpy(out), -1, 1), grad=np.moveaxis(_to_numpy(grad), -1, 1))
+
+
+def jax_channels_first_output(config: ExactConfig, inputs: ExactInputs, devices: Devices) -> np.ndarray:
+    """``dropblock_jax.apply_seeds`` with ``channel_axis=1``, on the torch layout as it is."""
+    with jax.default_device(devices.jax_device):
+        x = jnp.asarray(inputs.x).astype(DTYPES[config.dtype][0])
+        out = dj.apply_seeds(x, inputs.seeds, config.block_size, channel_axis=1, **_apply_options(config))
+    return _to_numpy(out)
+
+
+def torch_result(config: ExactConfig, inputs: ExactInputs, devices: Devices) -> TwinResult:
+    """``dropblock_torch.apply_seeds`` and its gradient."""
+    x = torch.tensor(inputs.x, device=devices.torch_device).to(DTYPES[config.dtype][1]).requires_grad_()
+    seeds = torch.tensor(inputs.seeds, device=devices.torch_device)
+    out = dt.apply_seeds(x, seeds, config.block_size, **_apply_options(config))
+    (out.float() * torch.tensor(inputs.weights, device=devices.torch_device)).sum().backward()
+    return TwinResult(out=_to_numpy(out), grad=_to_numpy(x.grad))
+
+
+def ulps(a: np.ndarray, b: np.ndarray, mantissa_bits: int) -> float:
     """The largest difference between ``a`` and ``b`` in units in the last place of their dtype.
 
     Zeros of opposite sign count as infinitely far apart: the twins do the same operations, so
     even the sign of a dropped unit's zero must agree.
+
+    Examples:
+      >>> ulps(np.array([1.0, 0.0]), np.array([1.0 + 2.0**-23, 0.0]), 23)
+      1.0
+      >>> ulps(np.array([0.0]), np.array([-0.0]), 23)
+      inf
     """
     a, b = a.astype(np.float64), b.astype(np.float64)
     if np.any((a == 0) & (b == 0) & (np.signbit(a) != np.signbit(b))):
@@ -110,158 +214,264 @@ def _ulps(a: np.ndarray, b: np.ndarray, mantissa_bits: int) -> float:
     return float(np.max(np.abs(a - b) / spacing, initial=0.0))
 
 
-def _to_numpy(value) -> np.ndarray:
-    if isinstance(value, torch.Tensor):
-        return value.detach().float().cpu().numpy()
-    return np.asarray(jnp.asarray(value, jnp.float32))
-
-
-def run_exact(config: ExactConfig, devices: Devices) -> list[Check]:
-    """Compare mask, output and gradient of both ``apply_seeds`` on one configuration."""
-    rng = np.random.default_rng(zlib.crc32(config.name.encode()))
-    seeds = _seed_grid(config, rng)
-    x = rng.uniform(-2.0, 2.0, config.shape).astype(np.float32)
-    x[np.abs(x) < 1e-3] = 1.0  # a zero input would look like a dropped unit
-    weights = rng.uniform(-1.0, 1.0, config.shape).astype(np.float32)
-    jax_dtype, torch_dtype, mantissa = DTYPES[config.dtype]
-    options = dict(seed_region=config.seed_region, normalize=config.normalize, expected_drop=EXPECTED_DROP)
-
-    def jax_loss(x_last, seeds_last, weights_last):
-        out = dj.apply_seeds(x_last, seeds_last, config.block_size, **options)
-        return jnp.sum(out.astype(jnp.float32) * weights_last), out
-
-    with jax.default_device(devices.jax_device):
-        last = lambda a: jnp.moveaxis(jnp.asarray(a), 1, -1)  # noqa: E731
-        x_last = last(x).astype(jax_dtype)
-        (_, jax_out), jax_grad = jax.value_and_grad(jax_loss, has_aux=True)(x_last, last(seeds), last(weights))
-        jax_first = dj.apply_seeds(
-            jnp.asarray(x).astype(jax_dtype), seeds, config.block_size, channel_axis=1, **options
-        )
-        jax_out, jax_grad = (np.moveaxis(_to_numpy(a), -1, 1) for a in (jax_out, jax_grad))
-        jax_first = _to_numpy(jax_first)
-
-    x_torch = torch.tensor(x, device=devices.torch_device).to(torch_dtype).requires_grad_()
-    seeds_torch = torch.tensor(seeds, device=devices.torch_device)
-    torch_out = dt.apply_seeds(x_torch, seeds_torch, config.block_size, **options)
-    (torch_out.float() * torch.tensor(weights, device=devices.torch_device)).sum().backward()
-    torch_out, torch_grad = _to_numpy(torch_out), _to_numpy(x_torch.grad)
-
-    mismatched = int(np.sum((jax_out == 0) != (torch_out == 0)))
-    out_ulps, grad_ulps = _ulps(jax_out, torch_out, mantissa), _ulps(jax_grad, torch_grad, mantissa)
-    layout_ulps = _ulps(jax_first, jax_out, mantissa)
-    dropped = float(np.mean(torch_out == 0))
+def exact_checks(
+    config: ExactConfig, jax_twin: TwinResult, torch_twin: TwinResult, jax_first: np.ndarray
+) -> list[Check]:
+    """The verdicts on one configuration: masks equal, outputs and gradients within 1 ulp, layouts equal."""
+    mantissa = DTYPES[config.dtype][2]
+    mismatched = int(np.sum((jax_twin.out == 0) != (torch_twin.out == 0)))
+    out_ulps, grad_ulps = ulps(jax_twin.out, torch_twin.out, mantissa), ulps(jax_twin.grad, torch_twin.grad, mantissa)
+    layout_ulps = ulps(jax_first, jax_twin.out, mantissa)
+    row = dict(kind="exact", config=config.name)
     return [
         Check(
-            "exact",
-            config.name,
-            "mask (units that differ)",
-            dropped,
-            dropped,
-            None,
-            mismatched,
-            "== 0",
-            mismatched == 0,
+            **row,
+            statistic="dropped fraction of the mask (test: units whose mask differs)",
+            jax=float(np.mean(jax_twin.out == 0)),
+            torch=float(np.mean(torch_twin.out == 0)),
+            test_statistic=mismatched,
+            bound="== 0",
+            passed=mismatched == 0,
         ),
         Check(
-            "exact",
-            config.name,
-            "output (max ulps)",
-            float(np.abs(jax_out).max()),
-            float(np.abs(torch_out).max()),
-            None,
-            out_ulps,
-            "<= 1",
-            out_ulps <= 1,
+            **row,
+            statistic="output, jax vs torch (max ulps)",
+            test_statistic=out_ulps,
+            bound="<= 1",
+            passed=out_ulps <= 1,
         ),
         Check(
-            "exact",
-            config.name,
-            "gradient (max ulps)",
-            float(np.abs(jax_grad).max()),
-            float(np.abs(torch_grad).max()),
-            None,
-            grad_ulps,
-            "<= 1",
-            grad_ulps <= 1,
+            **row,
+            statistic="gradient, jax vs torch (max ulps)",
+            test_statistic=grad_ulps,
+            bound="<= 1",
+            passed=grad_ulps <= 1,
         ),
         Check(
-            "exact",
-            config.name,
-            "jax channel_axis=1 vs -1 (max ulps)",
-            layout_ulps,
-            None,
-            None,
-            layout_ulps,
-            "== 0",
-            layout_ulps == 0,
+            **row,
+            statistic="jax output, channel_axis=1 vs -1 (max ulps)",
+            test_statistic=layout_ulps,
+            bound="== 0",
+            passed=layout_ulps == 0,
         ),
     ]
 
 
+def run_exact(config: ExactConfig, devices: Devices) -> list[Check]:
+    """Compare mask, output and gradient of both ``apply_seeds`` on one configuration.
+
+    Examples:
+      >>> from parity_tests import devices
+      >>> checks = run_exact(exact_configs()[0], devices.resolve("cpu"))
+      >>> [check.passed for check in checks]
+      [True, True, True, True]
+    """
+    inputs = exact_inputs(config)
+    return exact_checks(
+        config,
+        jax_result(config, inputs, devices),
+        torch_result(config, inputs, devices),
+        jax_channels_first_output(config, inputs, devices),
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class RateCase:
+    """A map, block, rate and options whose seed rate and expected drop are compared with the spec."""
+
+    spatial: tuple[int, ...]
+    block_size: int | tuple[int, ...]
+    drop_prob: float
+    seed_region: str
+    calibrate: bool
+    # Also through each twin's dropblock (its normalize="expected" scale): seconds of JAX compiling
+    # per case, so on one case of each formula (the paper's, the calibrated bisection).
+    through_dropblock: bool = False
+
+    @property
+    def name(self) -> str:
+        dims = "x".join(map(str, self.spatial))
+        calibrated = " calibrated" if self.calibrate else ""
+        return f"{len(self.spatial)}D {dims} k={self.block_size} p={self.drop_prob} {self.seed_region}{calibrated}"
+
+
 RATE_CASES = [
-    ((28, 28), 7, 0.1, "valid", False),
-    ((28, 28), 7, 0.1, "full", True),
-    ((14, 14), 4, 0.3, "valid", True),
-    ((12, 9), (5, 2), 0.15, "full", False),
-    ((32,), 5, 0.2, "valid", True),
-    ((8, 8, 8), 3, 0.05, "full", True),
-    ((6, 6), 9, 0.5, "valid", True),
+    RateCase(
+        spatial=(28, 28), block_size=7, drop_prob=0.1, seed_region="valid", calibrate=False, through_dropblock=True
+    ),
+    RateCase(spatial=(28, 28), block_size=7, drop_prob=0.1, seed_region="full", calibrate=True),
+    RateCase(spatial=(14, 14), block_size=4, drop_prob=0.3, seed_region="valid", calibrate=True),
+    RateCase(spatial=(12, 9), block_size=(5, 2), drop_prob=0.15, seed_region="full", calibrate=False),
+    RateCase(spatial=(32,), block_size=5, drop_prob=0.2, seed_region="valid", calibrate=True, through_dropblock=True),
+    RateCase(spatial=(8, 8, 8), block_size=3, drop_prob=0.05, seed_region="full", calibrate=True),
+    RateCase(spatial=(6, 6), block_size=9, drop_prob=0.5, seed_region="valid", calibrate=True),
 ]
+RATE_TOLERANCE = 1e-5  # relative; float32 arithmetic (and a float32 bisection) against float64
+RATE_CHANNELS = 16  # per sample in the scale check: enough planes that some are kept
+
+
+def spec_rates(case: RateCase) -> tuple[float, float]:
+    """gamma and the expected dropped fraction from ``dropblock_common``'s float functions (float64)."""
+    gamma = dc.seed_rate(
+        case.spatial, case.drop_prob, case.block_size, seed_region=case.seed_region, calibrate=case.calibrate
+    )
+    return gamma, dc.expected_drop_fraction(case.spatial, case.block_size, gamma, seed_region=case.seed_region)
+
+
+def _rate_table(case: RateCase) -> rates.RateTable:
+    spec = layout((1, 1, *case.spatial), case.block_size)
+    return rates.rate_table(spec.spatial_shape, spec.block, case.seed_region)
+
+
+def _jnp_asarray(values: np.ndarray, like: jax.Array) -> jax.Array:
+    return jnp.asarray(values, dtype=like.dtype)
+
+
+def _torch_asarray(values: np.ndarray, like: torch.Tensor) -> torch.Tensor:
+    return torch.as_tensor(values, dtype=like.dtype, device=like.device)
+
+
+def jax_traced_rates(case: RateCase, devices: Devices) -> tuple[float, float]:
+    """gamma and expected drop from the spec's array functions in ``jax.numpy``, the rate traced under ``jit``."""
+    table = _rate_table(case)
+
+    @jax.jit
+    def traced(drop_prob):
+        gamma = rates.seed_rate_array(drop_prob, table, case.calibrate, jnp, _jnp_asarray)
+        return gamma, rates.expected_drop_fraction_array(gamma, table, jnp, _jnp_asarray)
+
+    with jax.default_device(devices.jax_device):
+        return tuple(float(value) for value in traced(jnp.float32(case.drop_prob)))
+
+
+def torch_tensor_rates(case: RateCase, devices: Devices) -> tuple[float, float]:
+    """gamma and expected drop from the spec's array functions in ``torch``, a float32 tensor on the device."""
+    table = _rate_table(case)
+    drop_prob = torch.tensor(case.drop_prob, dtype=torch.float32, device=devices.torch_device)
+    gamma = rates.seed_rate_array(drop_prob, table, case.calibrate, torch, _torch_asarray)
+    expected = rates.expected_drop_fraction_array(gamma, table, torch, _torch_asarray)
+    return float(gamma), float(expected)
+
+
+def _kept_value(out: np.ndarray) -> float:
+    """The value of the kept units of a DropBlock output on ones (all equal: the scale); NaN if none is kept."""
+    kept = out[out != 0]
+    return float(kept.max()) if kept.size else float("nan")
+
+
+def _rate_options(case: RateCase) -> dict:
+    return dict(seed_region=case.seed_region, calibrate=case.calibrate, normalize="expected")
+
+
+def jax_expected_scale(case: RateCase, devices: Devices) -> float:
+    """The scale ``dropblock_jax.dropblock`` gives kept units with ``normalize="expected"``, the rate traced."""
+
+    @jax.jit
+    def dropblock(drop_prob):
+        x = jnp.ones((2, *case.spatial, RATE_CHANNELS))
+        return dj.dropblock(x, jax.random.key(0), drop_prob, case.block_size, **_rate_options(case))
+
+    with jax.default_device(devices.jax_device):
+        return _kept_value(np.asarray(dropblock(jnp.float32(case.drop_prob))))
+
+
+def torch_expected_scale(case: RateCase, devices: Devices) -> float:
+    """The scale ``dropblock_torch.drop_block`` gives kept units with ``normalize="expected"``, the rate a tensor."""
+    x = torch.ones(2, RATE_CHANNELS, *case.spatial, device=devices.torch_device)
+    drop_prob = torch.tensor(case.drop_prob, device=devices.torch_device)
+    generator = torch.Generator(device=devices.torch_device).manual_seed(0)
+    out = dt.drop_block(x, drop_prob, case.block_size, generator=generator, **_rate_options(case))
+    return _kept_value(out.cpu().numpy())
+
+
+def _relative_error_check(case: RateCase, statistic: str, jax_value: float, torch_value: float, truth: float) -> Check:
+    error = max(abs(value - truth) / truth for value in (jax_value, torch_value))  # NaN fails the bound
+    return Check(
+        kind="exact",
+        config=case.name,
+        statistic=statistic,
+        jax=jax_value,
+        torch=torch_value,
+        analytic=truth,
+        test_statistic=error,
+        bound=f"rel. error < {RATE_TOLERANCE:g}",
+        passed=bool(error < RATE_TOLERANCE),
+    )
+
+
+def rate_checks(case: RateCase, devices: Devices) -> list[Check]:
+    """Seed rate and expected drop (and, for some cases, the ``"expected"`` scale) of both twins vs the spec."""
+    gamma, expected = spec_rates(case)
+    (jax_gamma, jax_expected), (torch_gamma, torch_expected) = (
+        jax_traced_rates(case, devices),
+        torch_tensor_rates(case, devices),
+    )
+    checks = [
+        _relative_error_check(
+            case, "seed rate, traced float32 (test: rel. error vs the float64 spec)", jax_gamma, torch_gamma, gamma
+        ),
+        _relative_error_check(
+            case,
+            "expected drop, traced float32 (test: rel. error vs the float64 spec)",
+            jax_expected,
+            torch_expected,
+            expected,
+        ),
+    ]
+    if case.through_dropblock:
+        scales = jax_expected_scale(case, devices), torch_expected_scale(case, devices)
+        checks.append(
+            _relative_error_check(
+                case,
+                "dropblock's normalize='expected' scale, traced rate (test: rel. error vs 1 / (1 - E))",
+                *scales,
+                1 / (1 - expected),
+            )
+        )
+    return checks
 
 
 def run_rates(devices: Devices) -> list[Check]:
-    """The traced (float32) seed rate and expected drop of each twin against the float64 spec."""
-    checks = []
-    for spatial, block_size, drop_prob, region, calibrate in RATE_CASES:
-        gamma = dc.seed_rate(spatial, drop_prob, block_size, seed_region=region, calibrate=calibrate)
-        expected = dc.expected_drop_fraction(spatial, block_size, gamma, seed_region=region)
-        shape_last, shape_first = (1, *spatial, 1), (1, 1, *spatial)
-        jax_layout = jax_functional._layout(shape_last, -1, block_size)
-        with jax.default_device(devices.jax_device):
-            jax_rates = jax.jit(jax_functional._traced_rates, static_argnums=(1, 2, 3))
-            traced = jax_rates(jnp.float32(drop_prob), jax_layout, region, calibrate)
-            jax_gamma, jax_expected = (float(v) for v in traced)
-        torch_layout = torch_functional._layout(shape_first, block_size)
-        rate = torch.tensor(drop_prob, device=devices.torch_device)
-        torch_gamma, torch_expected = (
-            float(v) for v in torch_functional._rates(rate, None, torch_layout, region, calibrate, devices.torch_device)
-        )
-        name = f"{len(spatial)}D {'x'.join(map(str, spatial))} k={block_size} p={drop_prob} {region}" + (
-            " calibrated" if calibrate else ""
-        )
-        for statistic, truth, ours in (
-            ("seed rate (traced, float32)", gamma, (jax_gamma, torch_gamma)),
-            ("expected drop (traced, float32)", expected, (jax_expected, torch_expected)),
-        ):
-            error = max(abs(v - truth) / truth for v in ours)
-            checks.append(
-                Check("exact", name, statistic, ours[0], ours[1], truth, error, "rel. error < 1e-5", error < 1e-5)
-            )
-    return checks
+    """The traced (float32) seed rate, expected drop and scale of each twin against the float64 spec.
+
+    Examples:
+      >>> from parity_tests import devices
+      >>> case = RateCase(spatial=(16,), block_size=3, drop_prob=0.2, seed_region="valid", calibrate=True)
+      >>> [check.passed for check in rate_checks(case, devices.resolve("cpu"))]
+      [True, True]
+    """
+    return [check for case in RATE_CASES for check in rate_checks(case, devices)]
+
+
+SCHEDULE_CASES = ((0.0, 0.1, 5), (0.05, 0.3, 1000), (0.25, 0.0, 7), (0.1, 0.1, 1))
+SCHEDULE_TOLERANCE = 1e-7  # absolute: the schedules compute in float32, the values are at most 0.3
+
+
+def schedule_check(start: float, stop: float, steps: int) -> Check:
+    """Both twins' ``linear(start, stop, steps)`` against ``numpy.linspace``, at every step and 5 beyond.
+
+    Examples:
+      >>> schedule_check(0.0, 0.1, 5).passed
+      True
+    """
+    ts = np.arange(steps + 5)
+    expected = np.linspace(start, stop, steps)[np.minimum(ts, steps - 1)]
+    jax_values = np.asarray(jax.vmap(jax_schedules.linear(start, stop, steps))(jnp.asarray(ts)))
+    torch_values = torch_schedules.linear(start, stop, steps)(torch.as_tensor(ts)).numpy()
+    error = float(max(np.abs(jax_values - expected).max(), np.abs(torch_values - expected).max()))
+    return Check(
+        kind="exact",
+        config=f"linear({start}, {stop}, {steps})",
+        statistic="value at the last step (test: max abs error vs linspace, every step)",
+        jax=float(jax_values[-1]),
+        torch=float(torch_values[-1]),
+        analytic=float(expected[-1]),
+        test_statistic=error,
+        bound=f"< {SCHEDULE_TOLERANCE:g}",
+        passed=error < SCHEDULE_TOLERANCE,
+    )
 
 
 def run_schedules() -> list[Check]:
-    """Both twins' schedules against ``numpy.linspace``, step by step."""
-    checks = []
-    for start, stop, steps in ((0.0, 0.1, 5), (0.05, 0.3, 1000), (0.25, 0.0, 7), (0.1, 0.1, 1)):
-        reference = np.linspace(start, stop, steps)
-        ts = np.arange(steps + 5)
-        expected = reference[np.minimum(ts, steps - 1)]
-        jax_values = np.asarray(jax.vmap(jax_schedules.linear(start, stop, steps))(jnp.asarray(ts)))
-        torch_values = torch_schedules.linear(start, stop, steps)(torch.as_tensor(ts)).numpy()
-        error = float(max(np.abs(jax_values - expected).max(), np.abs(torch_values - expected).max()))
-        name = f"linear({start}, {stop}, {steps})"
-        checks.append(
-            Check(
-                "exact",
-                name,
-                "schedule vs linspace (max abs error)",
-                float(jax_values[-1]),
-                float(torch_values[-1]),
-                float(expected[-1]),
-                error,
-                "< 1e-7",
-                error < 1e-7,
-            )
-        )
-    return checks
+    """Both twins' schedules against ``numpy.linspace``, step by step, for each of ``SCHEDULE_CASES``."""
+    return [schedule_check(*case) for case in SCHEDULE_CASES]

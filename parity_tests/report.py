@@ -10,11 +10,19 @@ from typing import Any
 import numpy as np
 
 from parity_tests.checks import Check
+from parity_tests.statistical import FigureData
 
-COLUMNS = ("configuration", "statistic", "jax", "torch", "analytic", "test statistic", "verdict")
+COLUMNS = ("configuration", "statistic", "jax", "torch", "analytic", "test statistic", "bound", "verdict")
+FRAMEWORK_COLOURS = {"jax": "tab:blue", "torch": "tab:orange"}
 
 
-def _cell(value: Any) -> str:
+def cell(value: Any) -> str:
+    """A value as the table shows it: empty for None, yes/no for booleans, 5 significant digits.
+
+    Examples:
+      >>> cell(None), cell(True), cell(0.123456789), cell(3)
+      ('', 'yes', '0.12346', '3')
+    """
     if value is None:
         return ""
     if isinstance(value, bool | np.bool_):
@@ -25,113 +33,180 @@ def _cell(value: Any) -> str:
 
 
 def rows(checks: Sequence[Check]) -> list[tuple[str, ...]]:
+    """One table row per check, in ``COLUMNS`` order."""
     return [
         (
             c.config,
             c.statistic,
-            _cell(c.jax),
-            _cell(c.torch),
-            _cell(c.analytic),
-            f"{_cell(c.test_statistic)} ({c.bound})",
+            cell(c.jax),
+            cell(c.torch),
+            cell(c.analytic),
+            cell(c.test_statistic),
+            c.bound,
             "pass" if c.passed else "FAIL",
         )
         for c in checks
     ]
 
 
+def _severity(check: Check) -> tuple[bool, float]:
+    number = check.test_statistic if isinstance(check.test_statistic, int | float) else 0.0
+    return (not check.passed, number)
+
+
 def exact_summary(checks: Sequence[Check]) -> list[Check]:
-    """One row per statistic for the many exact configurations: the worst value and the count."""
+    """One row per statistic for the many exact configurations: the worst test statistic and the failures.
+
+    Examples:
+      >>> rows_ = [Check(kind="exact", config=str(i), statistic="ulps", test_statistic=i, bound="<= 1", passed=i <= 1)
+      ...          for i in range(3)]
+      >>> summary = exact_summary(rows_)[0]
+      >>> summary.config, summary.test_statistic, summary.passed
+      ('3 configurations, 1 failed', 'worst: 2', False)
+    """
     summary = []
     for statistic in dict.fromkeys(c.statistic for c in checks):
         group = [c for c in checks if c.statistic == statistic]
-        worst = max(
-            group, key=lambda c: (not c.passed, c.test_statistic if isinstance(c.test_statistic, int | float) else 0)
-        )
+        worst = max(group, key=_severity)
         failed = sum(not c.passed for c in group)
         summary.append(
             Check(
-                "exact",
-                f"{len(group)} configurations",
-                statistic,
-                worst.jax,
-                worst.torch,
-                worst.analytic,
-                worst.test_statistic,
-                f"worst; {worst.bound}; {failed} failed",
-                failed == 0,
+                kind="exact",
+                config=f"{len(group)} configurations, {failed} failed",
+                statistic=statistic,
+                test_statistic=f"worst: {cell(worst.test_statistic)}",
+                bound=worst.bound,
+                passed=failed == 0,
             )
         )
     return summary
 
 
 def text_table(table_rows: Sequence[Sequence[str]], markdown: bool = False) -> str:
-    widths = [max(len(COLUMNS[i]), *(len(r[i]) for r in table_rows)) for i in range(len(COLUMNS))]
+    """``table_rows`` under ``COLUMNS``: aligned plain text, or a markdown table."""
     if markdown:
+        escape = lambda text: text.replace("|", "\\|")  # noqa: E731
         lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "|".join("---" for _ in COLUMNS) + "|"]
-        lines += ["| " + " | ".join(r) + " |" for r in table_rows]
+        lines += ["| " + " | ".join(map(escape, r)) + " |" for r in table_rows]
         return "\n".join(lines)
-    line = lambda r: "  ".join(cell.ljust(w) for cell, w in zip(r, widths))  # noqa: E731
+    widths = [max(len(COLUMNS[i]), *(len(r[i]) for r in table_rows)) for i in range(len(COLUMNS))]
+    line = lambda r: "  ".join(text.ljust(w) for text, w in zip(r, widths))  # noqa: E731
     return "\n".join([line(COLUMNS), line(["-" * w for w in widths]), *map(line, table_rows)])
 
 
-def figures(figure_data: Sequence[dict], out: pathlib.Path) -> list[pathlib.Path]:
-    """Per-position drop frequency (jax | torch | analytic) and per-plane dropped-fraction histograms."""
+def _pyplot():
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    paths = []
-    fig, axes = plt.subplots(len(figure_data), 3, figsize=(9, 2.6 * len(figure_data)), squeeze=False)
-    for row, data in zip(axes, figure_data):
-        images = [data["maps"]["jax"], data["maps"]["torch"], data["analytic_map"]]
-        images = [_as_image(image) for image in images]
-        low, high = min(i.min() for i in images), max(i.max() for i in images)
-        for ax, image, title in zip(row, images, ("jax", "torch", "analytic")):
-            shown = ax.imshow(image, vmin=low, vmax=high, cmap="viridis", aspect="auto")
-            ax.set_title(f"{title}: {data['config']}", fontsize=7)
-            ax.set_xticks([])
-            ax.set_yticks([])
-        fig.colorbar(shown, ax=row.tolist(), fraction=0.02)
-    path = out / "drop_frequency.png"
-    fig.savefig(path, dpi=110, bbox_inches="tight")
-    plt.close(fig)
-    paths.append(path)
-
-    columns = 2
-    fig, axes = plt.subplots(
-        -(-len(figure_data) // columns), columns, figsize=(10, 2.4 * -(-len(figure_data) // columns)), squeeze=False
-    )
-    for ax, data in zip(axes.ravel(), figure_data):
-        both = np.concatenate([data["fractions"]["jax"], data["fractions"]["torch"]])
-        bins = np.linspace(both.min(), both.max() + 1e-9, 30)
-        for framework, color in (("jax", "tab:blue"), ("torch", "tab:orange")):
-            ax.hist(data["fractions"][framework], bins=bins, alpha=0.5, color=color, label=framework, density=True)
-        ax.axvline(data["expected"], color="black", linestyle="--", label="analytic mean")
-        ax.set_title(data["config"], fontsize=8)
-        ax.tick_params(labelsize=7)
-    for ax in axes.ravel()[len(figure_data) :]:
-        ax.axis("off")
-    axes[0, 0].legend(fontsize=7)
-    fig.suptitle("per-plane dropped fraction", fontsize=9)
-    fig.tight_layout()
-    path = out / "dropped_fraction_hist.png"
-    fig.savefig(path, dpi=110, bbox_inches="tight")
-    plt.close(fig)
-    paths.append(path)
-    return paths
+    return plt
 
 
-def _as_image(frequency: np.ndarray) -> np.ndarray:
-    """A 2D picture of a per-position map: 1D as one row, 3D as its middle slice."""
-    if frequency.ndim == 1:
-        return frequency[None, :]
+def _plane(frequency: np.ndarray) -> tuple[np.ndarray, str]:
+    """A 2D picture of a 2D or 3D map, and what it shows: a 3D map's middle slice along D (its first axis)."""
     if frequency.ndim == 3:
-        return frequency[frequency.shape[0] // 2]
-    return frequency
+        index = frequency.shape[0] // 2
+        return frequency[index], f"slice D = {index} of 0..{frequency.shape[0] - 1} (first spatial axis)"
+    return frequency, ""
+
+
+def _draw_line(subfigure, data: FigureData) -> None:
+    ax = subfigure.subplots()
+    positions = np.arange(data.analytic_frequency.shape[0])
+    for framework, colour in FRAMEWORK_COLOURS.items():
+        ax.plot(positions, data.frequency[framework], color=colour, marker=".", label=framework)
+    ax.plot(positions, data.analytic_frequency, color="black", linestyle="--", label="analytic")
+    ax.set_ylim(bottom=0.0)  # from 0, as the images
+    ax.xaxis.get_major_locator().set_params(integer=True)
+    ax.set_xlabel("position")
+    ax.set_ylabel("drop frequency")
+    ax.legend(fontsize=7, loc="lower center", ncols=3)
+    subfigure.suptitle(data.config, fontsize=9)
+
+
+def _draw_images(subfigure, data: FigureData) -> None:
+    images = {**data.frequency, "analytic": data.analytic_frequency}
+    planes = {name: _plane(image)[0] for name, image in images.items()}
+    # From 0: a map that is flat in truth must not show its noise as contrast.
+    high = max(plane.max() for plane in planes.values())
+    axes = subfigure.subplots(1, 3)
+    for ax, (name, plane) in zip(axes, planes.items()):
+        shown = ax.imshow(plane, vmin=0.0, vmax=high, cmap="viridis")
+        ax.set_title(name, fontsize=8)
+        ax.set_xlabel("W", fontsize=7)
+        ax.set_ylabel("H", fontsize=7)
+        ax.tick_params(labelsize=6)
+    subfigure.colorbar(shown, ax=axes, label="drop frequency", shrink=0.9)
+    slice_name = _plane(data.analytic_frequency)[1]
+    subfigure.suptitle(f"{data.config}: {slice_name}" if slice_name else data.config, fontsize=9)
+
+
+def drop_frequency_figure(figure_data: Sequence[FigureData], path: pathlib.Path) -> pathlib.Path:
+    """Per-position drop frequency of each configuration: jax | torch | analytic (1D: three lines)."""
+    plt = _pyplot()
+    columns = 2
+    grid_rows = -(-len(figure_data) // columns)
+    fig = plt.figure(figsize=(8 * columns, 2.8 * grid_rows), layout="constrained")
+    fig.suptitle("Per-position drop frequency: jax and torch over their draws, analytic 1 - (1 - gamma)^c(pos)")
+    subfigures = np.atleast_1d(fig.subfigures(grid_rows, columns)).ravel()
+    for subfigure, data in zip(subfigures, figure_data):
+        (_draw_line if data.analytic_frequency.ndim == 1 else _draw_images)(subfigure, data)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def fraction_bins(fractions: np.ndarray, units: int) -> np.ndarray:
+    """Histogram bins: one per attainable fraction (multiples of ``1 / units``) when few, else 40.
+
+    Examples:
+      >>> fraction_bins(np.array([0.0, 0.5, 1.0]), 2)
+      array([-0.25,  0.25,  0.75,  1.25])
+    """
+    low, high = fractions.min(), fractions.max()
+    if (high - low) * units <= 60:
+        return (np.arange(round(low * units), round(high * units) + 2) - 0.5) / units
+    return np.linspace(low, high + 1e-9, 40)
+
+
+def dropped_fraction_figure(figure_data: Sequence[FigureData], path: pathlib.Path) -> pathlib.Path:
+    """Histograms of the per-plane dropped fraction, jax and torch, with the analytic mean."""
+    plt = _pyplot()
+    columns = 2
+    grid_rows = -(-len(figure_data) // columns)
+    fig, axes = plt.subplots(grid_rows, columns, figsize=(7 * columns, 2.8 * grid_rows), layout="constrained")
+    fig.suptitle("Dropped fraction of each independent plane (mask): distribution in jax and torch")
+    axes = np.atleast_1d(axes).ravel()
+    for ax, data in zip(axes, figure_data):
+        bins = fraction_bins(np.concatenate(list(data.fractions.values())), data.analytic_frequency.size)
+        for framework, colour in FRAMEWORK_COLOURS.items():
+            fractions = data.fractions[framework]
+            weights = np.full(fractions.size, 1 / fractions.size)  # bars of a framework sum to 1
+            ax.hist(fractions, bins=bins, weights=weights, alpha=0.5, color=colour, label=framework)
+        ax.axvline(data.expected, color="black", linestyle="--", label=f"analytic mean {data.expected:.4f}")
+        ax.set_title(data.config, fontsize=9)
+        ax.set_xlabel("dropped fraction of a plane", fontsize=8)
+        ax.set_ylabel("share of planes", fontsize=8)
+        ax.tick_params(labelsize=7)
+        ax.legend(fontsize=7)
+    for ax in axes[len(figure_data) :]:
+        ax.axis("off")
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def figures(figure_data: Sequence[FigureData], out: pathlib.Path) -> list[pathlib.Path]:
+    """Write ``drop_frequency.png`` and ``dropped_fraction_hist.png`` to ``out``; their paths."""
+    return [
+        drop_frequency_figure(figure_data, out / "drop_frequency.png"),
+        dropped_fraction_figure(figure_data, out / "dropped_fraction_hist.png"),
+    ]
 
 
 def write(out: pathlib.Path, header: str, checks: Sequence[Check], figure_paths: Sequence[pathlib.Path]) -> None:
+    """Write ``report.md`` (tables and figures) and ``results.json`` (every check) to ``out``."""
     exact = [c for c in checks if c.kind == "exact"]
     statistical = [c for c in checks if c.kind == "statistical"]
     failed = [c for c in checks if not c.passed]
@@ -140,12 +215,17 @@ def write(out: pathlib.Path, header: str, checks: Sequence[Check], figure_paths:
         header,
         f"**{len(checks) - len(failed)} of {len(checks)} checks passed.**",
         "## Statistical parity",
+        "jax, torch: the statistic in each framework's draws; analytic: `dropblock_common`'s value; "
+        "test statistic: what the verdict compares with the bound.",
         text_table(rows(statistical), markdown=True),
         "## Exact parity (summary)",
+        "The worst test statistic of each kind of check over all configurations.",
         text_table(rows(exact_summary(exact)), markdown=True),
         "## Figures",
         *(f"![{p.stem}]({p.name})" for p in figure_paths),
         "## Exact parity (every configuration)",
+        "Where jax and torch are empty the row compares the twins with each other: its test statistic "
+        "is their distance in units in the last place (ulps) or in differing units.",
         text_table(rows(exact), markdown=True),
     ]
     (out / "report.md").write_text("\n\n".join(sections) + "\n")

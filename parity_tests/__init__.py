@@ -7,3 +7,7 @@ each other, Bonferroni-corrected over the tests actually run, so that the whole 
 false-alarm rate is at most ``statistical.SUITE_FALSE_ALARM``. ``python -m parity_tests``
 runs both and writes a report; ``pytest parity_tests`` runs the same checks with fewer draws.
 """
+
+import importlib.metadata
+
+__version__ = importlib.metadata.version("dropblock-jax")

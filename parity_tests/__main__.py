@@ -17,7 +17,9 @@ from tqdm import tqdm
 
 def argument_parser() -> argparse.ArgumentParser:
     """The command line's options: ``--device``, ``--out``, ``--draws``."""
-    parser = argparse.ArgumentParser(prog="python -m parity_tests", description=__doc__.splitlines()[0])
+    # The program's name as it was called: ``dropblock-parity`` or ``python -m parity_tests``.
+    program = "python -m parity_tests" if sys.argv[0].endswith("__main__.py") else None
+    parser = argparse.ArgumentParser(prog=program, description=__doc__.splitlines()[0])
     parser.add_argument(
         "--device",
         default="auto",

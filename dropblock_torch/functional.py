@@ -155,20 +155,30 @@ def _scale(words: torch.Tensor, packing: bitmask.Packing, normalize: str, expect
     return torch.where(kept > 0, total / kept.clamp(min=1), 0.0)
 
 
-def _normalized(x: torch.Tensor, dropped: torch.Tensor, scale: torch.Tensor | None, inplace: bool) -> torch.Tensor:
-    """``where(dropped, 0, x * scale)`` in >= float32, ``dropped`` broadcast over shared dims.
-
-    The same operations as the JAX twin (so the same bits, signed zeros included). Dropped
-    units are written as zeros, not multiplied by 0: an inf or NaN in ``x`` stays where it is
-    kept and becomes 0 where it is dropped, whatever is shared. No full-size factor or float
-    copy of the mask is allocated.
-    """
-    if scale is None:
-        return x.masked_fill_(dropped, 0) if inplace else _like_x(x.masked_fill(dropped, 0), x)
-    compute = scale.dtype
+def _zeroed(x: torch.Tensor, dropped: torch.Tensor, compute: torch.dtype, inplace: bool) -> torch.Tensor:
+    """``x`` in ``compute`` with +0 written where ``dropped`` (broadcast over shared dims), into ``x`` if it may."""
     if inplace and x.dtype == compute:
-        return x.mul_(scale).masked_fill_(dropped, 0)
-    out = (x.to(compute) * scale).masked_fill_(dropped, 0).to(x.dtype)
+        return x.masked_fill_(dropped, 0)
+    return torch.where(dropped, 0.0, x.to(compute))
+
+
+def _normalized(x: torch.Tensor, dropped: torch.Tensor, scale: torch.Tensor | None, inplace: bool) -> torch.Tensor:
+    """``where(dropped, 0, x * scale)`` in >= float32: the zeros written, then the product by ``scale``.
+
+    The same values as the JAX twin's ``where`` (so the same bits, signed zeros included: a
+    written zero times a finite scale stays +0). Dropped units are written as zeros, not
+    multiplied by 0: an inf or NaN in ``x`` stays where it is kept and becomes 0 where it is
+    dropped, whatever is shared; a NaN scale (a NaN rate) makes everything NaN. No full-size
+    factor or float copy of the mask is allocated, and in eager mode a ``where`` then an
+    in-place product is cheaper on the CPU than a product then ``masked_fill_``.
+    """
+    compute = x.dtype if scale is None else scale.dtype
+    out = _zeroed(x, dropped, compute, inplace)
+    if scale is not None:
+        out = out.mul_(scale)
+    if out is x:
+        return x
+    out = out.to(x.dtype)
     return x.copy_(out) if inplace else _like_x(out, x)
 
 

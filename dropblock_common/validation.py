@@ -75,6 +75,34 @@ def input_rank(shape: Sequence[int], spatial_dims: int | None = None, *, name: s
     )
 
 
+def shape_tuple(shape: object, name: str) -> tuple[int, ...]:
+    """``shape`` as a tuple of non-negative Python ints (a concrete shape, as JAX and numpy have).
+
+    Args:
+      shape: a sequence of ints.
+      name: the argument's name, for the error message.
+
+    Returns:
+      The sizes as a tuple of Python ints.
+
+    Raises:
+      TypeError: if ``shape`` is not a sequence.
+      ValueError: if a size is not a non-negative int.
+
+    Examples:
+      >>> shape_tuple([8, 28, 28, 3], "shape")
+      (8, 28, 28, 3)
+    """
+    try:
+        sizes = tuple(shape)  # type: ignore[arg-type]
+    except TypeError:
+        raise TypeError(f"{name} must be a sequence of ints (a shape), got {name}={shape!r}.") from None
+    for size in sizes:
+        if isinstance(size, bool) or not isinstance(size, numbers.Integral) or size < 0:
+            raise ValueError(f"{name} must be a shape of non-negative ints, got {name}={sizes!r}.")
+    return tuple(int(size) for size in sizes)
+
+
 def spatial_dims(shape: Sequence[int], *, name: str = "x") -> int:
     """Number of spatial dimensions of a batched ``(N, *spatial, C)`` or ``(N, C, *spatial)`` shape.
 

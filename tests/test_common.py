@@ -256,3 +256,79 @@ def test_the_authors_ramp():
         schedules.Ramp.of(0.1, 0)
     with pytest.raises(TypeError, match=r"drop_prob=True"):
         schedules.Ramp.of(True, 10)
+
+
+def test_options_record_holds_the_functionals_keyword_options():
+    import inspect
+
+    import dropblock_jax as dj
+    import dropblock_torch as dt
+    from dropblock_common.options import DropBlockOptions
+
+    names = DropBlockOptions.names()
+    assert names == ("seed_region", "calibrate", "share_channels", "share_batch", "normalize", "noise")
+    for functional in (dj.dropblock, dt.drop_block):
+        parameters = inspect.signature(functional).parameters
+        defaults = {name: parameters[name].default for name in names}
+        assert defaults == DropBlockOptions().kwargs(), functional
+
+
+@pytest.mark.parametrize(
+    "options, error, match",
+    [
+        ({"seed_region": "same"}, ValueError, r"seed_region='same'"),
+        ({"normalize": None}, ValueError, r"normalize=None"),
+        ({"calibrate": "False"}, TypeError, r"calibrate='False'"),
+        ({"share_channels": 1}, TypeError, r"share_channels=1"),
+        ({"share_batch": None}, TypeError, r"share_batch=None"),
+        ({"noise": np.float32(1)}, TypeError, r"noise="),
+    ],
+)
+def test_options_record_refuses_bad_options_naming_them(options, error, match):
+    from dropblock_common.options import DropBlockOptions
+
+    with pytest.raises(error, match=match):
+        DropBlockOptions(**options)
+
+
+def test_options_record_is_frozen_hashable_picklable_and_keeps_python_bools():
+    import dataclasses
+    import pickle
+    import types
+
+    from dropblock_common.options import DropBlockOptions
+
+    options = DropBlockOptions(seed_region="full", calibrate=np.bool_(True), normalize="sample")
+    assert type(options.calibrate) is bool and options.calibrate
+    assert options == DropBlockOptions(seed_region="full", calibrate=True, normalize="sample")
+    assert hash(options) == hash(DropBlockOptions(seed_region="full", calibrate=True, normalize="sample"))
+    assert pickle.loads(pickle.dumps(options)) == options
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        options.noise = True  # type: ignore[misc]
+    assert options.repr_fragment() == "seed_region='full', calibrate=True, normalize='sample'"
+    assert options.repr_fragment(defaults=True) == (
+        "seed_region='full', calibrate=True, share_channels=False, share_batch=False, normalize='sample', noise=False"
+    )
+    # A holder without share_batch (the Equinox layer) gets the default; a bad attribute is refused.
+    holder = types.SimpleNamespace(seed_region="full", share_channels=True, normalize="none", noise=True)
+    assert DropBlockOptions.from_attributes(holder).kwargs() == {
+        "seed_region": "full",
+        "calibrate": False,
+        "share_channels": True,
+        "share_batch": False,
+        "normalize": "none",
+        "noise": True,
+    }
+    holder.noise = "yes"
+    with pytest.raises(TypeError, match=r"noise='yes'"):
+        DropBlockOptions.from_attributes(holder)
+
+
+def test_shape_tuple_accepts_int_sequences_and_names_the_argument():
+    assert validation.shape_tuple([np.int64(2), 3], "shape") == (2, 3)
+    assert all(type(size) is int for size in validation.shape_tuple((np.int64(2), 3), "shape"))
+    with pytest.raises(TypeError, match=r"shape=5"):
+        validation.shape_tuple(5, "shape")
+    for bad in [(2, -1), (2, 3.0), (True, 2)]:
+        with pytest.raises(ValueError, match=r"shape must be a shape of non-negative ints"):
+            validation.shape_tuple(bad, "shape")

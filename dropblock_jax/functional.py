@@ -12,73 +12,47 @@ Static arguments (shapes, ``block_size``, options) are validated eagerly in Pyth
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import math
-import numbers
 from collections.abc import Callable, Sequence
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from dropblock_common import coverage, rates, validation
+from dropblock_common import layout as layouts
+from dropblock_common import rates, validation
+from dropblock_common import sampling as policy
+from dropblock_common.options import DropBlockOptions
 from dropblock_jax import bitmask, sampling
 
 BlockSize = int | Sequence[int]
 
 
-@dataclasses.dataclass(frozen=True)
-class _Layout:
-    """Where the batch, channel and spatial axes of ``x`` are, and the effective block."""
+class ConcreteRates(NamedTuple):
+    """The seed rate and the expected dropped fraction of a concrete ``drop_prob``, as float32 scalars.
 
-    shape: tuple[int, ...]
-    channel_axis: int
-    spatial_axes: tuple[int, ...]
-    spatial_shape: tuple[int, ...]
-    block: tuple[int, ...]
+    Worked out in float64 before tracing (``rates.float32_rates``) and passed to the compiled
+    program as arguments (a pytree of two scalars), so a new concrete rate does not recompile.
+    Where ``dropblock`` takes a rate as this record, a traced rate is None instead: then both
+    values are worked out in float32 inside the program.
 
-    def seed_shape(self, seed_region: str, share_channels: bool, share_batch: bool) -> tuple[int, ...]:
-        shape = list(self.shape)
-        if share_batch:
-            shape[0] = 1
-        if share_channels:
-            shape[self.channel_axis] = 1
-        grid = coverage.seed_grid_shape(self.spatial_shape, self.block, seed_region)
-        for axis, size in zip(self.spatial_axes, grid, strict=True):
-            shape[axis] = size
-        return tuple(shape)
+    Attributes:
+      gamma: the probability of a seed at each position of the seed grid.
+      expected_drop: the expected dropped fraction at that gamma (``normalize="expected"``).
+    """
 
-
-def _shape_tuple(shape: Sequence[int], name: str) -> tuple[int, ...]:
-    """``shape`` as a tuple of non-negative Python ints, or an error naming ``name``."""
-    try:
-        sizes = tuple(shape)
-    except TypeError:
-        raise TypeError(f"{name} must be a sequence of ints (a shape), got {name}={shape!r}.") from None
-    for size in sizes:
-        if isinstance(size, bool) or not isinstance(size, numbers.Integral) or size < 0:
-            raise ValueError(f"{name} must be a shape of non-negative ints, got {name}={sizes!r}.")
-    return tuple(int(size) for size in sizes)
+    gamma: np.float32
+    expected_drop: np.float32
 
 
 def _batched_shape(shape: Sequence[int], spatial_dims: int | None, name: str) -> tuple[tuple[int, ...], bool]:
     """The shape as a batch (one unbatched example gets a batch axis of 1), and whether it was one."""
-    shape = _shape_tuple(shape, name)
+    shape = validation.shape_tuple(shape, name)
     _, batched = validation.input_rank(shape, spatial_dims, name=name)
     return (shape if batched else (1, *shape)), batched
-
-
-def _layout(shape: Sequence[int], channel_axis: int, block_size: BlockSize, name: str = "x") -> _Layout:
-    """The ``_Layout`` of a batched shape ``(N, *spatial, C)`` or ``(N, C, *spatial)``."""
-    shape = _shape_tuple(shape, name)
-    dims = validation.spatial_dims(shape, name=name)
-    channel = validation.channel_axis_index(channel_axis, len(shape))
-    axes = validation.spatial_axes(len(shape), channel)
-    spatial_shape = tuple(shape[axis] for axis in axes)
-    block = validation.effective_block_size(spatial_shape, validation.block_size_tuple(block_size, dims))
-    return _Layout(shape, channel, axes, spatial_shape, block)
 
 
 def _check_floating(x: jax.Array) -> None:
@@ -161,7 +135,7 @@ def scheduled_rate(schedule: Callable, step: jax.typing.ArrayLike) -> jax.Array:
     return _compiled_schedule(schedule, step)
 
 
-@functools.partial(jax.jit, static_argnums=0)
+@functools.partial(jax.jit, static_argnames="schedule")
 def _compiled_schedule(schedule: Callable, step: jax.typing.ArrayLike) -> jax.Array:
     return schedule(step)
 
@@ -170,16 +144,14 @@ def _jnp_asarray(values: np.ndarray, like: jax.Array) -> jax.Array:
     return jnp.asarray(values, dtype=like.dtype)
 
 
-def _concrete_rates(
-    drop_prob: float, layout: _Layout, seed_region: str, calibrate: bool
-) -> tuple[np.ndarray, np.ndarray]:
+def _concrete_rates(drop_prob: float, layout: layouts.Layout, seed_region: str, calibrate: bool) -> ConcreteRates:
     """gamma and the expected dropped fraction, worked out in float64, as float32 scalars."""
     gamma, expected = rates.float32_rates(layout.spatial_shape, layout.block, drop_prob, seed_region, calibrate)
-    return np.float32(gamma), np.float32(expected)
+    return ConcreteRates(np.float32(gamma), np.float32(expected))
 
 
 def _traced_rates(
-    drop_prob: jax.Array, layout: _Layout, seed_region: str, calibrate: bool
+    drop_prob: jax.Array, layout: layouts.Layout, seed_region: str, calibrate: bool
 ) -> tuple[jax.Array, jax.Array]:
     """gamma and the expected dropped fraction of a traced ``drop_prob``, in float32."""
     # The rate is a hyperparameter: no gradient flows into it.
@@ -198,10 +170,9 @@ def _nan_guard(drop_prob: jax.typing.ArrayLike, dtype: jax.typing.DTypeLike) -> 
     return lax.stop_gradient(jnp.asarray(drop_prob, dtype)) * 0
 
 
-def _dropped_words(words: jax.Array, packing: bitmask.Packing, layout: _Layout, seed_region: str) -> jax.Array:
+def _dropped_words(words: jax.Array, packing: bitmask.Packing, layout: layouts.Layout, seed_region: str) -> jax.Array:
     """Dilate the (packed) seed grid by the block: set wherever some seed's block lies."""
-    paddings = [coverage.block_padding(block, seed_region) for block in layout.block]
-    return bitmask.dilate(words, packing, layout.spatial_axes, paddings, layout.block)
+    return bitmask.dilate(words, packing, layout.spatial_axes, layout.block_paddings(seed_region), layout.block)
 
 
 def _normalized(
@@ -245,7 +216,7 @@ def _expand_and_apply(
     x: jax.Array,
     words: jax.Array,
     packing: bitmask.Packing,
-    layout: _Layout,
+    layout: layouts.Layout,
     seed_region: str,
     normalize: str,
     noise_key: jax.Array | None,
@@ -270,7 +241,7 @@ def _expand_and_apply(
 def _apply(
     x: jax.Array,
     seeds: jax.Array,
-    layout: _Layout,
+    layout: layouts.Layout,
     batched: bool,
     seed_region: str,
     normalize: str,
@@ -330,7 +301,7 @@ def sample_seeds(
       (22, 22, 8)
     """
     batched_shape, batched = _batched_shape(shape, spatial_dims, "shape")
-    layout = _layout(batched_shape, channel_axis, block_size, name="shape")
+    layout = layouts.layout(batched_shape, block_size, channel_axis=channel_axis, name="shape")
     if min(layout.spatial_shape) < 1:
         raise ValueError(f"shape must have spatial sizes of at least 1, got shape={tuple(shape)!r}.")
     _check_key(key)
@@ -343,12 +314,12 @@ def sample_seeds(
         gamma, _ = _traced_rates(drop_prob, layout, seed_region, calibrate)
     else:
         gamma, _ = _concrete_rates(concrete, layout, seed_region, calibrate)
-    budget = sampling.seed_budget(math.prod(seed_shape), None if concrete is None else float(gamma))
+    budget = policy.seed_budget(math.prod(seed_shape), None if concrete is None else float(gamma))
     seeds = _sample_seeds(key, gamma, seed_shape, layout.channel_axis, budget)
     return seeds if batched else seeds[0]
 
 
-@functools.partial(jax.jit, static_argnums=range(2, 5))
+@functools.partial(jax.jit, static_argnames=("seed_shape", "channel_axis", "budget"))
 def _sample_seeds(
     key: jax.Array, gamma: jax.typing.ArrayLike, seed_shape: tuple[int, ...], channel_axis: int, budget: int | None
 ) -> jax.Array:
@@ -408,7 +379,7 @@ def apply_seeds(
     """
     x = jnp.asarray(x)
     shape, batched = _batched_shape(x.shape, spatial_dims, "x")
-    layout = _layout(shape, channel_axis, block_size)
+    layout = layouts.layout(shape, block_size, channel_axis=channel_axis)
     _check_floating(x)
     validation.check_options(seed_region, normalize)
     seeds = jnp.asarray(seeds)
@@ -539,58 +510,53 @@ def _checked_dropblock(
     *,
     rate_in_graph: bool,
     channel_axis: int = -1,
-    seed_region: str = "valid",
-    calibrate: bool = False,
-    share_channels: bool = False,
-    share_batch: bool = False,
-    normalize: str = "batch",
-    noise: bool = False,
     spatial_dims: int | None = None,
+    **options: object,
 ) -> jax.Array:
     x = jnp.asarray(x)
     shape, batched = _batched_shape(x.shape, spatial_dims, "x")
-    layout = _layout(shape, channel_axis, block_size)
+    layout = layouts.layout(shape, block_size, channel_axis=channel_axis)
     _check_floating(x)
     _check_key(key)
-    validation.check_options(
-        seed_region, normalize, calibrate=calibrate, share_channels=share_channels, share_batch=share_batch, noise=noise
-    )
+    checked = DropBlockOptions(**options)
     concrete = concrete_drop_prob(drop_prob)
     if concrete == 0.0 or x.size == 0:
         return x
-    rate = None if concrete is None or rate_in_graph else _concrete_rates(concrete, layout, seed_region, calibrate)
-    seed_shape = layout.seed_shape(seed_region, share_channels, share_batch)
-    budget = sampling.seed_budget(math.prod(seed_shape), None if rate is None else float(rate[0]))
+    rate = None
+    if concrete is not None and not rate_in_graph:
+        rate = _concrete_rates(concrete, layout, checked.seed_region, checked.calibrate)
+    seed_shape = layout.seed_shape(checked.seed_region, checked.share_channels, checked.share_batch)
+    budget = policy.seed_budget(math.prod(seed_shape), None if rate is None else float(rate.gamma))
     return _dropblock(
-        x, key, drop_prob, rate, layout, batched, seed_region, calibrate, seed_shape, budget, normalize, noise
+        x, key, drop_prob, rate, layout=layout, batched=batched, options=checked, seed_shape=seed_shape, budget=budget
     )
 
 
-@functools.partial(jax.jit, static_argnums=range(4, 12))
+@functools.partial(jax.jit, static_argnames=("layout", "batched", "options", "seed_shape", "budget"))
 def _dropblock(
     x: jax.Array,
     key: jax.Array,
     drop_prob: jax.typing.ArrayLike,
-    rate: tuple[np.ndarray, np.ndarray] | None,
-    layout: _Layout,
+    rate: ConcreteRates | None,
+    *,
+    layout: layouts.Layout,
     batched: bool,
-    seed_region: str,
-    calibrate: bool,
+    options: DropBlockOptions,
     seed_shape: tuple[int, ...],
     budget: int | None,
-    normalize: str,
-    noise: bool,
 ) -> jax.Array:
-    """``dropblock`` after validation; ``rate`` is (gamma, expected drop) when ``drop_prob`` is concrete."""
+    """``dropblock`` after validation; ``rate`` is None when ``drop_prob`` is traced (or ``rate_in_graph``)."""
     if not batched:
         x = x[None]
-    seed_key, noise_key = jax.random.split(key) if noise else (key, None)
+    seed_key, noise_key = jax.random.split(key) if options.noise else (key, None)
     if rate is None:
-        gamma, expected = _traced_rates(drop_prob, layout, seed_region, calibrate)
+        gamma, expected = _traced_rates(drop_prob, layout, options.seed_region, options.calibrate)
         guard = _nan_guard(drop_prob, jnp.promote_types(x.dtype, jnp.float32))
     else:
         (gamma, expected), guard = rate, None
     packing = bitmask.packing(seed_shape, layout.channel_axis)
     words = sampling.bernoulli_words(seed_key, gamma, seed_shape, packing, budget)
-    out = _expand_and_apply(x, words, packing, layout, seed_region, normalize, noise_key, expected, guard)
+    out = _expand_and_apply(
+        x, words, packing, layout, options.seed_region, options.normalize, noise_key, expected, guard
+    )
     return out if batched else out[0]

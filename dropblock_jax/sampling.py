@@ -1,15 +1,20 @@
 """How ``dropblock`` draws its seeds: i.i.d. Bernoulli(gamma) on the seed grid.
 
-This is the one place that chooses the sampling method; DESIGN.md lets ``dropblock`` draw the
-seeds any way whose distribution is i.i.d. Bernoulli(gamma). Seeds are rare (gamma is about
-0.003 at the paper's settings), so instead of one random number per position (``dense``) the
-default draws only the successes (``sparse``): the gaps between successive successes of a
-Bernoulli sequence are i.i.d. geometric, so ``budget`` uniforms, turned into gaps by inversion
-and summed, place the seeds exactly. If the budget runs short before the end of the grid,
-another round continues the sequence (it is memoryless, so the result stays exact); if gamma is
-too large for the budget, the whole grid is drawn densely. Both choices are made at run time,
-so a traced ``drop_prob`` never retraces. Either way the seeds come out packed as bits of words
-along the channel axis (``bitmask.py``), the form the block expansion works on.
+The design (docs/design.md, step 5 of the algorithm) lets ``dropblock`` draw the seeds any
+way whose distribution is i.i.d. Bernoulli(gamma). Seeds are rare, so instead of one random
+number per position (``dense``) the default draws only the successes (``sparse``), by
+geometric gaps; the method, its budget (``seed_budget``), the dense fallback test
+(``budget_too_small``) and their thresholds are the policy both twins share, in
+``dropblock_common.sampling``. Either way the seeds come out packed as bits of words along
+the channel axis (``bitmask.py``), the form the block expansion works on.
+
+Where this twin departs from the policy as the torch twin applies it: it samples sparsely on
+every backend (CPU, GPU, TPU), eagerly, compiled and under ``jax.vmap`` alike, where torch
+draws densely off the CPU. The rounds are a ``lax.while_loop`` and the dense fallback for a
+traced rate too large for its budget a ``lax.cond`` on ``budget_too_small``, both inside the
+compiled program: nothing is read back to the host, so nothing synchronises and nothing
+retraces, whatever the device. A concrete rate is budgeted for its own value before tracing,
+a traced one for ``TRACED_RATE_CAP``.
 """
 
 from __future__ import annotations
@@ -21,43 +26,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from dropblock_common import sampling as policy
 from dropblock_jax.bitmask import UNPACKED, Packing, bit_values, pack_flat
-
-# Above this rate a uniform per position costs about what the sparse method does.
-DENSE_ABOVE = 1 / 16
-# The rate a traced gamma is budgeted for; larger traced rates fall back to dense at run time.
-TRACED_RATE_CAP = 1 / 32
-# Grids smaller than this are drawn densely: nothing to save, and a simpler program to compile.
-SPARSE_MIN_SIZE = 1 << 14
-# The sparse method counts positions in int32 up to ``size + 1``: larger grids are drawn densely.
-SPARSE_MAX_SIZE = 2**31 - 2
-
-
-def seed_budget(size: int, gamma: float | None) -> int | None:
-    """How many gaps the sparse method draws for ``size`` positions, or None to draw densely.
-
-    Args:
-      size: the number of positions of the seed grid.
-      gamma: the seed rate if it is known before tracing, None if it is traced.
-
-    Returns:
-      A static budget: the expected number of seeds at the (power-of-two rounded) rate plus
-      10 standard deviations, so that it runs short with probability below 1e-20; rounding
-      keeps the number of distinct compiled programs small. None for large rates, for small
-      grids and for grids of 2**31 - 1 positions or more (int32 positions would overflow).
-
-    Examples:
-      >>> seed_budget(4_000_000, 0.0033)
-      17408
-      >>> seed_budget(4_000_000, 0.2) is None, seed_budget(1000, 0.0033) is None, seed_budget(2**31, 0.0033) is None
-      (True, True, True)
-    """
-    cap = TRACED_RATE_CAP if gamma is None else gamma
-    if cap > DENSE_ABOVE or not SPARSE_MIN_SIZE <= size <= SPARSE_MAX_SIZE:
-        return None
-    cap = 2.0 ** math.ceil(math.log2(max(cap, 1.0 / size)))
-    mean = size * cap
-    return int(math.ceil((mean + 10 * math.sqrt(mean) + 64) / 1024) * 1024)
 
 
 def _dense(key: jax.Array, gamma: jax.Array, size: int, packing: Packing) -> jax.Array:
@@ -68,8 +38,8 @@ def _sparse(key: jax.Array, gamma: jax.Array, size: int, budget: int, packing: P
     """Successes of a Bernoulli(gamma) sequence of ``size``, placed by geometric gaps, as flat words.
 
     Each round draws ``budget`` gaps past the last success so far; the sequence is memoryless,
-    so rounds continue it exactly. With the budget of ``seed_budget`` one round suffices but
-    with negligible probability. Position ``p`` is bit ``p % bits`` of word ``p // bits``.
+    so rounds continue it exactly. With the budget of ``policy.seed_budget`` one round suffices
+    but with negligible probability. Position ``p`` is bit ``p % bits`` of word ``p // bits``.
     """
     log_failure = jnp.log1p(-gamma)
     # A rate of 0 (or NaN) has no seeds: every gap runs past the end, with no division by zero
@@ -109,7 +79,9 @@ def bernoulli_words(
       gamma: the seed rate, a (possibly traced) float32 scalar in [0, 1].
       shape: the seed grid's shape.
       packing: how the grid is stored (``bitmask.packing``); positions are drawn in packed order.
-      budget: from ``seed_budget``; None draws one uniform per position.
+      budget: from ``dropblock_common.sampling.seed_budget``; None draws one uniform per position.
+        Given a budget, a rate too large for it (``budget_too_small``) is drawn densely, chosen
+        at run time.
 
     Returns:
       Words of ``packing.words_shape(shape)``.
@@ -128,9 +100,9 @@ def bernoulli_words(
     if budget is None:
         words = _dense(key, gamma, size, packing)
     else:
-        expected = gamma * size
-        too_many = expected + 8 * jnp.sqrt(expected) + 16 > budget
         words = lax.cond(
-            too_many, lambda: _dense(key, gamma, size, packing), lambda: _sparse(key, gamma, size, budget, packing)
+            policy.budget_too_small(gamma * size, budget, jnp),
+            lambda: _dense(key, gamma, size, packing),
+            lambda: _sparse(key, gamma, size, budget, packing),
         )
     return words.reshape(packing.words_shape(shape))

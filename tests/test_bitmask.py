@@ -11,6 +11,7 @@ import pytest
 from numpy_reference import dropped_mask, normalized
 
 import dropblock_jax as dj
+from dropblock_common import sampling as policy
 from dropblock_jax import bitmask
 
 
@@ -95,7 +96,7 @@ def test_dropblock_equals_apply_seeds_of_sample_seeds_with_the_same_key(channel_
     shape = (2, 40, 40, 32) if channel_axis == -1 else (2, 32, 40, 40)
     grid_size = 2 * 32 * (41 - block_size) ** 2
     gamma = dj.seed_rate((40, 40), drop_prob, block_size)
-    assert (dj.sampling.seed_budget(grid_size, gamma) is not None) == sparse
+    assert (policy.seed_budget(grid_size, gamma) is not None) == sparse
     x = jax.random.uniform(jax.random.key(0), shape, jnp.float32, 0.5, 1.5)
     key = jax.random.key(3)
     seeds = dj.sample_seeds(key, shape, drop_prob, block_size, channel_axis=channel_axis)
@@ -109,7 +110,7 @@ def test_sparse_and_dense_packed_seeds_have_the_seed_rate():
     shape = (4, 64, 64, 32)
     packing = bitmask.packing(shape, -1)
     size = np.prod(shape)
-    for gamma, budget in [(0.003, dj.sampling.seed_budget(size, 0.003)), (0.2, None)]:
+    for gamma, budget in [(0.003, policy.seed_budget(size, 0.003)), (0.2, None)]:
         words = dj.sampling.bernoulli_words(jax.random.key(4), jnp.float32(gamma), shape, packing, budget)
         seeds = np.asarray(bitmask.unpack(words, packing))
         z = (seeds.sum() - size * gamma) / np.sqrt(size * gamma * (1 - gamma))

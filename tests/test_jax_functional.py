@@ -7,6 +7,7 @@ import pytest
 from numpy_reference import dropped_mask, normalized
 
 import dropblock_jax as dj
+from dropblock_common import sampling as policy
 
 jit_dropblock = jax.jit(
     dj.dropblock,
@@ -390,7 +391,7 @@ SMALL, SPARSE = (2, 10, 10, 3), (2, 64, 64, 8)  # the second's seed grid is draw
 )
 def test_a_traced_nan_rate_makes_the_whole_output_nan(normalize, noise, calibrate, shape):
     if shape == SPARSE:
-        assert dj.sampling.seed_budget(2 * 62 * 62 * 8, None) is not None
+        assert policy.seed_budget(2 * 62 * 62 * 8, None) is not None
     x = random_x(shape)
     step = jax.jit(lambda p: dj.dropblock(x, KEY, p, 3, normalize=normalize, noise=noise, calibrate=calibrate))
     assert bool(jnp.isnan(step(jnp.float32(jnp.nan))).all())
@@ -427,7 +428,7 @@ CHECKIFY_SHAPE = (2, 32, 32, 16)  # 2 * 30 * 30 * 16 = 28800 seed positions: the
 def test_checkify_float_checks_find_no_division_by_zero_or_nan(normalize, calibrate):
     from jax.experimental import checkify
 
-    assert dj.sampling.seed_budget(2 * 30 * 30 * 16, None) is not None  # traced: the sparse sampler
+    assert policy.seed_budget(2 * 30 * 30 * 16, None) is not None  # traced: the sparse sampler
     x = random_x(CHECKIFY_SHAPE)
 
     def run(x, p):

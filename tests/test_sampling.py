@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
+from dropblock_common import sampling as policy
 from dropblock_jax import bitmask, sampling
 
 SIZE = 1 << 15
@@ -61,7 +62,7 @@ def test_a_nan_or_zero_rate_draws_no_seeds_and_ends():
     # A NaN gap would stall the rounds or scatter out of place; 0 must not divide by zero.
     from jax.experimental import checkify
 
-    budget = sampling.seed_budget(SIZE, None)
+    budget = policy.seed_budget(SIZE, None)
     draw = jax.jit(
         checkify.checkify(
             lambda gamma: sampling.bernoulli_words(jax.random.key(3), gamma, (SIZE,), PACKED, budget),
@@ -77,13 +78,13 @@ def test_a_nan_or_zero_rate_draws_no_seeds_and_ends():
 
 def test_grids_of_2_31_positions_or_more_are_drawn_densely():
     # The sparse sampler's positions are int32: it must never see a grid they cannot index.
-    assert sampling.seed_budget(sampling.SPARSE_MAX_SIZE, 0.001) is not None
-    for size in (sampling.SPARSE_MAX_SIZE + 1, 2**31, 2**40):
-        assert sampling.seed_budget(size, 0.001) is None and sampling.seed_budget(size, None) is None
+    assert policy.seed_budget(policy.SPARSE_MAX_SIZE, 0.001) is not None
+    for size in (policy.SPARSE_MAX_SIZE + 1, 2**31, 2**40):
+        assert policy.seed_budget(size, 0.001) is None and policy.seed_budget(size, None) is None
 
 
 def test_large_traced_rates_fall_back_to_dense_at_run_time():
-    budget = sampling.seed_budget(SIZE, None)
+    budget = policy.seed_budget(SIZE, None)
     draw = jax.jit(lambda gamma: sampling.bernoulli_words(jax.random.key(2), gamma, (SIZE,), bitmask.UNPACKED, budget))
     for gamma in (0.001, 0.02, 0.5):
         fraction = float(draw(jnp.float32(gamma)).mean())
@@ -91,23 +92,28 @@ def test_large_traced_rates_fall_back_to_dense_at_run_time():
 
 
 def test_budgets_are_few_and_cover_the_rate():
-    budgets = {sampling.seed_budget(4_000_000, g) for g in np.linspace(0.0025, 0.0039, 20)}
+    budgets = {policy.seed_budget(4_000_000, g) for g in np.linspace(0.0025, 0.0039, 20)}
     assert len(budgets) == 1
     budget = budgets.pop()
     mean = 4_000_000 * 0.0039
     assert budget > mean + 10 * np.sqrt(mean)
-    assert sampling.seed_budget(4_000_000, 0.1) is None and sampling.seed_budget(100, 0.001) is None
+    assert policy.seed_budget(4_000_000, 0.1) is None and policy.seed_budget(100, 0.001) is None
 
 
 @pytest.mark.parametrize("gamma, budget", [(0.003, 1024), (0.02, 128)])
 def test_torch_sparse_counts_and_positions_are_bernoulli(gamma, budget):
     import torch
 
-    from dropblock_torch import functional
+    from dropblock_torch import sampling as torch_sampling
+
+    def torch_sparse_seeds(generator):
+        seeds = np.zeros(SIZE, bool)
+        seeds[torch_sampling.sparse_positions(gamma, SIZE, budget, "cpu", generator).numpy()] = True
+        return seeds
 
     draws = 400
     generator = torch.Generator().manual_seed(0)
-    seeds = np.stack([functional._sparse_seeds(gamma, SIZE, budget, None, generator).numpy() for _ in range(draws)])
+    seeds = np.stack([torch_sparse_seeds(generator) for _ in range(draws)])
     counts = seeds.sum(axis=1)
     z = (counts.mean() - SIZE * gamma) / np.sqrt(SIZE * gamma * (1 - gamma) / draws)
     assert abs(z) < 5, f"mean count {counts.mean()} vs {SIZE * gamma} (z={z:.2f})"

@@ -65,6 +65,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from dropblock_common import validation
+from dropblock_common.options import DropBlockOptions
 from dropblock_jax import functional
 
 _NO_KEY = (
@@ -172,25 +173,22 @@ class DropBlock(eqx.Module):
                 "spatial_dims must be 1, 2 or 3 (an Equinox layer takes one example, of spatial_dims + 1 "
                 "dimensions), got spatial_dims=None."
             )
-        validation.check_module_options(
-            block_size,
-            seed_region,
-            normalize,
-            None,
-            spatial_dims,
+        options = DropBlockOptions(
+            seed_region=seed_region,
             calibrate=calibrate,
             share_channels=share_channels,
+            normalize=normalize,
             noise=noise,
-            inference=inference,
         )
+        validation.check_module_options(block_size, seed_region, normalize, None, spatial_dims, inference=inference)
         self.drop_prob = _rate(drop_prob)
         self.block_size = tuple(map(int, block_size)) if isinstance(block_size, Sequence) else int(block_size)
         self.channel_axis = _check_channel_axis(channel_axis)
-        self.seed_region = seed_region
-        self.calibrate = calibrate
-        self.share_channels = share_channels
-        self.normalize = normalize
-        self.noise = noise
+        self.seed_region = options.seed_region
+        self.calibrate = options.calibrate
+        self.share_channels = options.share_channels
+        self.normalize = options.normalize
+        self.noise = options.noise
         self.spatial_dims = spatial_dims
         self.inference = inference
 
@@ -234,12 +232,8 @@ class DropBlock(eqx.Module):
             rate,
             self.block_size,
             channel_axis=1 if self.channel_axis == 0 else -1,
-            seed_region=self.seed_region,
-            calibrate=self.calibrate,
-            share_channels=self.share_channels,
-            normalize=self.normalize,
-            noise=self.noise,
             spatial_dims=self.spatial_dims,
+            **DropBlockOptions.from_attributes(self).kwargs(),  # no share_batch here: its default
         )
 
     def _check_example(self, x: jax.Array) -> None:

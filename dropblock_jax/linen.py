@@ -38,6 +38,7 @@ import jax.numpy as jnp
 from flax.core import FrozenDict
 
 from dropblock_common import validation
+from dropblock_common.options import DropBlockOptions
 from dropblock_jax import functional
 
 COLLECTION = "dropblock"
@@ -101,16 +102,13 @@ class DropBlock(nn.Module):
     rng_collection: str = "dropout"
 
     def __post_init__(self) -> None:
+        DropBlockOptions.from_attributes(self)  # raises for a bad option
         validation.check_module_options(
             self.block_size,
             self.seed_region,
             self.normalize,
             self.channel_axis,
             self.spatial_dims,
-            calibrate=self.calibrate,
-            share_channels=self.share_channels,
-            share_batch=self.share_batch,
-            noise=self.noise,
             auto_step=self.auto_step,
         )
         if self.deterministic is not None:
@@ -180,13 +178,8 @@ class DropBlock(nn.Module):
             rate,
             self.block_size,
             channel_axis=self.channel_axis,
-            seed_region=self.seed_region,
-            calibrate=self.calibrate,
-            share_channels=self.share_channels,
-            share_batch=self.share_batch,
-            normalize=self.normalize,
-            noise=self.noise,
             spatial_dims=self.spatial_dims,
+            **DropBlockOptions.from_attributes(self).kwargs(),
         )
 
 

@@ -56,6 +56,7 @@ import numpy as np
 from flax import nnx
 
 from dropblock_common import validation
+from dropblock_common.options import DropBlockOptions
 from dropblock_jax import functional
 
 _NO_RNG = (
@@ -142,17 +143,16 @@ class DropBlock(nnx.Module):
         rng_collection: str = "dropout",
         rngs: nnx.Rngs | nnx.RngStream | None = None,
     ):
-        validation.check_module_options(
-            block_size,
-            seed_region,
-            normalize,
-            channel_axis,
-            spatial_dims,
+        options = DropBlockOptions(
+            seed_region=seed_region,
             calibrate=calibrate,
             share_channels=share_channels,
             share_batch=share_batch,
+            normalize=normalize,
             noise=noise,
-            auto_step=auto_step,
+        )
+        validation.check_module_options(
+            block_size, seed_region, normalize, channel_axis, spatial_dims, auto_step=auto_step
         )
         if deterministic is not None:
             validation.check_flag(deterministic, "deterministic")
@@ -160,12 +160,9 @@ class DropBlock(nnx.Module):
             raise TypeError(f"rng_collection must be the name of an nnx.Rngs stream, got {rng_collection=!r}.")
         self.block_size = tuple(block_size) if isinstance(block_size, Sequence) else block_size
         self.channel_axis = channel_axis
-        self.seed_region = seed_region
-        self.calibrate = calibrate
-        self.share_channels = share_channels
-        self.share_batch = share_batch
-        self.normalize = normalize
-        self.noise = noise
+        # Plain attributes, as nnx.Dropout keeps its options: layer.noise reads and sets one.
+        for name, value in options.kwargs().items():
+            setattr(self, name, value)
         self.spatial_dims = spatial_dims
         self.auto_step = auto_step
         self.deterministic = deterministic
@@ -258,13 +255,8 @@ class DropBlock(nnx.Module):
             rate,
             self.block_size,
             channel_axis=self.channel_axis,
-            seed_region=self.seed_region,
-            calibrate=self.calibrate,
-            share_channels=self.share_channels,
-            share_batch=self.share_batch,
-            normalize=self.normalize,
-            noise=self.noise,
             spatial_dims=self.spatial_dims,
+            **DropBlockOptions.from_attributes(self).kwargs(),
         )
 
     def _rate(self) -> jax.typing.ArrayLike:

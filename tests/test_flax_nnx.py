@@ -206,6 +206,31 @@ def test_options_are_plain_attributes():
     layer.share_channels = True  # reaches the next call
     out = layer(X, rngs=jax.random.key(0), drop_prob=0.3)
     assert ((out == 0) == (out[..., :1] == 0)).all() and (out == 0).any()
+    # Shown one by one, as nnx.Dropout shows its rate: no record of options in the repr.
+    text = repr(layer)
+    assert "share_channels=True" in text and "noise=False" in text and "options" not in text
+    layer.noise = "yes"  # a bad option set after construction is refused at the next call
+    with pytest.raises(TypeError, match=r"noise='yes'"):
+        layer(X, rngs=jax.random.key(0), drop_prob=0.3)
+
+
+def test_the_module_uses_only_public_flax_names():
+    import ast
+    import inspect
+
+    import dropblock_jax.nnx
+
+    tree = ast.parse(inspect.getsource(dropblock_jax.nnx))
+    flax_imports = [
+        (node.module, tuple(alias.name for alias in node.names))
+        for node in ast.walk(tree)
+        if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("flax")
+    ]
+    flax_imports += [
+        (alias.name, ()) for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names
+    ]
+    assert [entry for entry in flax_imports if entry[0].startswith("flax")] == [("flax", ("nnx",))]
+    assert "nnx.module." not in inspect.getsource(dropblock_jax.nnx)
 
 
 def test_a_training_call_draws_one_key_even_at_rate_zero():

@@ -1,7 +1,8 @@
 """A deliberately naive numpy DropBlock, independent of the packages under test.
 
 It marks every seed's block with explicit slices, straight from the definitions in
-DESIGN.md section 3, so tests can check the fast implementations against it.
+docs/design.md ("The algorithm": the seed grid, block expansion and normalisation), so tests
+can check the fast implementations against it.
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ def coverage_counts(spatial_shape, block, seed_region: str) -> np.ndarray:
 
 
 def normalized(x: np.ndarray, keep: np.ndarray, normalize: str, expected_drop: float | None = None) -> np.ndarray:
-    """``x * keep`` rescaled as DESIGN.md section 7 says, in float64."""
+    """``x * keep`` rescaled as docs/design.md says (The algorithm, step 7: normalisation), in float64."""
     keep = np.broadcast_to(keep, x.shape) if normalize != "batch" else keep
     x64 = x.astype(np.float64)
     if normalize == "none":

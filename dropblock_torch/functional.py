@@ -155,8 +155,39 @@ def _scale(words: torch.Tensor, packing: bitmask.Packing, normalize: str, expect
     return torch.where(kept > 0, total / kept.clamp(min=1), 0.0)
 
 
+_SAME_WIDTH_INT = {torch.float64: torch.int64, torch.float32: torch.int32, torch.float16: torch.int16}
+_SAME_WIDTH_INT[torch.bfloat16] = torch.int16
+
+
+class _ZeroBits(torch.autograd.Function):
+    """``where(dropped, +0, x)`` as an AND of ``x``'s bits with 0 (dropped) or all ones (kept), and its gradient.
+
+    Under ``torch.compile`` inductor vectorises the AND (and the unpacking of the mask before
+    it) into the one pass over ``x`` at the speed of a plain product, where a ``where`` on a
+    boolean mask runs about twice as slow on the CPU. All bits cleared is +0; a kept unit keeps
+    its bits, so the result is ``where``'s to the bit.
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, dropped: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(dropped)
+        return _zero_bits(x, dropped)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        (dropped,) = ctx.saved_tensors
+        return _zero_bits(grad, dropped), None
+
+
+def _zero_bits(x: torch.Tensor, dropped: torch.Tensor) -> torch.Tensor:
+    integer = _SAME_WIDTH_INT[x.dtype]
+    return (x.view(integer) & (dropped.to(integer) - 1)).view(x.dtype)
+
+
 def _zeroed(x: torch.Tensor, dropped: torch.Tensor, compute: torch.dtype, inplace: bool) -> torch.Tensor:
     """``x`` in ``compute`` with +0 written where ``dropped`` (broadcast over shared dims), into ``x`` if it may."""
+    if _tracing():
+        return _ZeroBits.apply(x, dropped).to(compute)
     if inplace and x.dtype == compute:
         return x.masked_fill_(dropped, 0)
     return torch.where(dropped, 0.0, x.to(compute))

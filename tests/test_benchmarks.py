@@ -58,6 +58,7 @@ def test_torch_peak_memory_sees_a_temporary_that_is_freed():
     assert 7.9 < peak < 8.1
 
 
+@pytest.mark.slow
 def test_benchmark_command_line_help():
     result = subprocess.run(
         [sys.executable, "-m", "benchmarks.bench", "--help"], capture_output=True, text=True, timeout=120

@@ -105,6 +105,7 @@ def test_dropblock_equals_apply_seeds_of_sample_seeds_with_the_same_key(channel_
     assert abs(float(seeds.mean()) - gamma) < 5 * np.sqrt(gamma / grid_size)
 
 
+@pytest.mark.slow
 def test_sparse_and_dense_packed_seeds_have_the_seed_rate():
     # Each packed draw against its binomial count, |z| < 5 (fixed keys).
     shape = (4, 64, 64, 32)

@@ -59,6 +59,7 @@ def test_one_key_for_the_whole_batch_shares_its_mask_and_share_channels_shares_c
     assert dropped.any() and (dropped == dropped[:1, :1]).all()
 
 
+@pytest.mark.slow
 def test_a_small_cnn_trains_under_filter_jit_with_a_scheduled_rate_and_no_retrace():
     class Net(eqx.Module):
         conv: eqx.nn.Conv2d
@@ -227,6 +228,7 @@ def test_dtype_and_shape_are_kept_in_one_and_three_spatial_dims():
     assert (np.asarray(volume) == 0).any()
 
 
+@pytest.mark.slow
 def test_calibrated_dropped_fraction_is_drop_prob():
     # 4096 maps of 16 x 16 from one fixed key: the standard error of the fraction is about 0.0009,
     # so 0.003 is 3.5 of them; the paper's uncalibrated rate (0.0947 here) falls outside.

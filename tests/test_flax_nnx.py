@@ -114,6 +114,7 @@ def test_orbax_checkpoint_round_trip(tmp_path):
     np.testing.assert_array_equal(restored(X), trained(X))
 
 
+@pytest.mark.slow
 def test_a_small_model_trains_under_nnx_jit():
     class Net(nnx.Module):
         def __init__(self, rngs):

@@ -112,6 +112,7 @@ def test_sample_normalisation_handles_one_fully_dropped_sample():
     np.testing.assert_array_equal(out[1], 1.0)
 
 
+@pytest.mark.slow
 def test_float16_with_many_kept_units_does_not_overflow():
     # 2 * 256 * 256 * 2 = 262144 units, far above float16's 65504: a count kept in float16
     # overflows to inf and zeroes the output (torchvision's behaviour).
@@ -194,6 +195,7 @@ def test_changing_a_traced_drop_prob_does_not_retrace():
     assert float((outs[0] == 0).mean()) < float((outs[3] == 0).mean())
 
 
+@pytest.mark.slow
 def test_traced_rate_matches_concrete_rate():
     x = random_x((4, 14, 14, 4))
     for calibrate in (False, True):
@@ -356,6 +358,7 @@ def test_a_traced_expected_drop_is_not_checked_and_works():
 # --- spatial_dims: one unbatched example (jax.vmap: tests/test_training_loops_jax.py) ---------
 
 
+@pytest.mark.slow
 def test_one_example_is_a_batch_of_one_in_every_function():
     x = random_x((9, 8, 4))
     key = jax.random.key(5)
@@ -423,7 +426,13 @@ CHECKIFY_SHAPE = (2, 32, 32, 16)  # 2 * 30 * 30 * 16 = 28800 seed positions: the
 
 
 @pytest.mark.parametrize(
-    "normalize, calibrate", [("batch", False), ("sample", False), ("expected", True), ("none", False)]
+    "normalize, calibrate",
+    [
+        pytest.param("batch", False, marks=pytest.mark.slow),
+        pytest.param("sample", False, marks=pytest.mark.slow),
+        ("expected", True),  # the fast loop's: the calibrated rate, traced, through the sparse sampler
+        pytest.param("none", False, marks=pytest.mark.slow),
+    ],
 )
 def test_checkify_float_checks_find_no_division_by_zero_or_nan(normalize, calibrate):
     from jax.experimental import checkify

@@ -31,6 +31,7 @@ def sparse_seeds(key, gamma, size, budget, packing=bitmask.UNPACKED):
         (0.01, 256, bitmask.Packing(axis=0, bits=8)),
     ],
 )
+@pytest.mark.slow
 def test_sparse_counts_and_positions_are_bernoulli(gamma, budget, packing):
     # budget 128 at gamma 0.02 needs about 5 rounds per draw: rounds must continue exactly,
     # also when they add bits to words that earlier rounds set.
@@ -83,6 +84,7 @@ def test_grids_of_2_31_positions_or_more_are_drawn_densely():
         assert policy.seed_budget(size, 0.001) is None and policy.seed_budget(size, None) is None
 
 
+@pytest.mark.slow
 def test_large_traced_rates_fall_back_to_dense_at_run_time():
     budget = policy.seed_budget(SIZE, None)
     draw = jax.jit(lambda gamma: sampling.bernoulli_words(jax.random.key(2), gamma, (SIZE,), bitmask.UNPACKED, budget))
@@ -100,6 +102,7 @@ def test_budgets_are_few_and_cover_the_rate():
     assert policy.seed_budget(4_000_000, 0.1) is None and policy.seed_budget(100, 0.001) is None
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("gamma, budget", [(0.003, 1024), (0.02, 128)])
 def test_torch_sparse_counts_and_positions_are_bernoulli(gamma, budget):
     import torch

@@ -122,6 +122,7 @@ def test_the_wrong_rank_names_x_spatial_dims_and_the_shape(training):
         layer(torch.ones(1, 2, 3, 8, 8))
 
 
+@pytest.mark.slow
 def test_compiled_scheduled_model_has_no_graph_breaks_or_recompiles():
     import torch._dynamo
 

@@ -108,16 +108,38 @@ def popcount(words: torch.Tensor) -> torch.Tensor:
     return (nibbles + (nibbles >> 4)) & 0x0F
 
 
+_M1, _M2, _M4 = (int.from_bytes(bytes([byte] * 8), "little", signed=True) for byte in (0x55, 0x33, 0x0F))
+
+
+def _byte_counts_wide(words: torch.Tensor) -> torch.Tensor:
+    """``popcount`` of each byte, computed 8 bytes at a time on an int64 view (contiguous, a multiple of 8 long)."""
+    wide = words.reshape(-1).view(torch.int64)
+    # Arithmetic shifts drag the sign bit along; every mask clears it again.
+    pairs = wide - ((wide >> 1) & _M1)
+    nibbles = (pairs & _M2) + ((pairs >> 2) & _M2)
+    return ((nibbles + (nibbles >> 4)) & _M4).view(torch.uint8).view(words.shape)
+
+
 def count(words: torch.Tensor, packing: Packing, per_row: bool) -> torch.Tensor:
-    """How many positions are set, in all of ``words`` or per row (leading index), as int64 with kept dims."""
+    """How many positions are set, in all of ``words`` or per row (leading index), as int64 with kept dims.
+
+    Examples:
+      >>> words = torch.tensor([[255, 1, 0, 3, 8, 0, 0, 0], [0] * 7 + [128]], dtype=torch.uint8)
+      >>> count(words, PACKED, per_row=True).flatten().tolist(), count(words, PACKED, per_row=False).item()
+      ([12, 1], 13)
+    """
     dims = tuple(range(1, words.dim())) if per_row else tuple(range(words.dim()))
+    shape = (-1, *(1,) * (words.dim() - 1)) if per_row else (1,) * words.dim()
     if packing.bits == 1:
         # count_nonzero: several times faster than a sum over a bool tensor on the CPU.
-        counted = torch.count_nonzero(words, dim=dims)
+        return torch.count_nonzero(words, dim=dims).reshape(shape)
+    row = words[0].numel() if per_row else words.numel()
+    tracing = torch.compiler.is_compiling() or torch.compiler.is_exporting()
+    if not tracing and words.is_contiguous() and row % 8 == 0:
+        counts = _byte_counts_wide(words)
     else:
-        counted = popcount(words).sum(dims, dtype=torch.int64)
-    shape = (-1, *(1,) * (words.dim() - 1)) if per_row else (1,) * words.dim()
-    return counted.reshape(shape)
+        counts = popcount(words)
+    return counts.sum(dims, dtype=torch.int64).reshape(shape)
 
 
 def _window_or(padded: torch.Tensor, dim: int, window: int) -> torch.Tensor:

@@ -99,6 +99,7 @@ def test_state_round_trip_resumes_the_schedule_and_the_stream():
     np.testing.assert_array_equal(restored(X), trained(X))
 
 
+@pytest.mark.slow
 def test_orbax_checkpoint_round_trip(tmp_path):
     ocp = pytest.importorskip("orbax.checkpoint")
     make = lambda seed: DropBlock(schedules.ramp(0.3, 10), 3, rngs=nnx.Rngs(dropout=seed))  # noqa: E731

@@ -214,6 +214,7 @@ def test_vmap_over_keys_equals_separate_calls():
         np.testing.assert_array_equal(batched[i], dj.dropblock(x, keys[i], 0.2, 3))
 
 
+@pytest.mark.slow
 def test_vmap_over_inputs_matches_per_sample_normalisation():
     x = random_x((3, 10, 10, 2))
     key = jax.random.key(0)
@@ -402,6 +403,7 @@ def test_a_traced_nan_rate_makes_the_whole_output_nan(normalize, noise, calibrat
     assert bool(jnp.isfinite(step(jnp.float32(0.2))).all())
 
 
+@pytest.mark.slow
 def test_inf_and_nan_inputs_stay_where_kept_and_vanish_where_dropped_in_apply_seeds():
     # Shared seeds (a size-1 channel and batch axis) and per-unit ones, every normalisation.
     x = np.array(random_x((2, 10, 10, 4)))
@@ -425,14 +427,9 @@ def test_inf_and_nan_inputs_stay_where_kept_and_vanish_where_dropped_in_apply_se
 CHECKIFY_SHAPE = (2, 32, 32, 16)  # 2 * 30 * 30 * 16 = 28800 seed positions: the sparse sampler
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
-    "normalize, calibrate",
-    [
-        pytest.param("batch", False, marks=pytest.mark.slow),
-        pytest.param("sample", False, marks=pytest.mark.slow),
-        ("expected", True),  # the fast loop's: the calibrated rate, traced, through the sparse sampler
-        pytest.param("none", False, marks=pytest.mark.slow),
-    ],
+    "normalize, calibrate", [("batch", False), ("sample", False), ("expected", True), ("none", False)]
 )
 def test_checkify_float_checks_find_no_division_by_zero_or_nan(normalize, calibrate):
     from jax.experimental import checkify

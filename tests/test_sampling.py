@@ -52,6 +52,7 @@ def test_sparse_counts_and_positions_are_bernoulli(gamma, budget, packing):
     assert abs(both - gamma**2) < 5 * np.sqrt(gamma**2 / (draws * (SIZE - 1)))
 
 
+@pytest.mark.slow
 def test_sparse_edge_rates():
     key = jax.random.key(1)
     for packing in (bitmask.UNPACKED, PACKED):

@@ -65,6 +65,12 @@ SLOW_TESTS = {
 }
 
 
+# Tests that use these fixtures are slow, whatever their name.
+SLOW_FIXTURES = {
+    "paper_draws": "1024 statistical draws of two parity configurations",
+}
+
+
 @dataclasses.dataclass(frozen=True)
 class Cover:
     """The fast subset of a grid: every pair of values of ``pairwise``, every value of ``each``.
@@ -171,7 +177,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         module = item.nodeid.split("::")[0]
         name = getattr(item, "originalname", item.name)
-        if module in SLOW_MODULES or name in SLOW_TESTS.get(module, {}):
+        fixtures = getattr(item, "fixturenames", ())
+        if module in SLOW_MODULES or name in SLOW_TESTS.get(module, {}) or any(f in SLOW_FIXTURES for f in fixtures):
             item.add_marker(slow)
     for (module, name), grid in _grids(items).items():
         kept = _covering_subset(grid, COVERED_GRIDS[module][name])

@@ -94,14 +94,12 @@ COVERED_GRIDS = {
         "test_normalisation_is_exact": Cover(pairwise=("normalize", "share_channels")),
         "test_shape_and_dtype_are_kept": Cover(each=("dtype", "len(shape)")),
         "test_drop_prob_one_gives_zeros": Cover(),
-        "test_a_traced_nan_rate_makes_the_whole_output_nan": Cover(each=("shape", "noise")),
+        "test_a_traced_nan_rate_makes_the_whole_output_nan": Cover(each=()),  # the sampler's own test has sparse NaN
         "test_two_to_the_31_elements_or_more_trace_without_int32_overflow": Cover(),
         "test_gradient_is_keep_times_scale": Cover(each=()),
     },
     "tests/test_bitmask.py": {
-        "test_packed_masks_equal_the_reference_dilation": Cover(
-            pairwise=("seed_region", "channel_axis"), each=("len(shape)",)
-        ),
+        "test_packed_masks_equal_the_reference_dilation": Cover(each=("seed_region", "channel_axis")),
         "test_unset_count_in_chunks_is_the_exact_count": Cover(),
         "test_dropblock_equals_apply_seeds_of_sample_seeds_with_the_same_key": Cover(each=()),  # the sparse one
         "test_pack_and_unpack_are_inverse": Cover(each=()),

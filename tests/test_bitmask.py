@@ -15,6 +15,11 @@ from dropblock_common import sampling as policy
 from dropblock_jax import bitmask
 
 
+def uniform(shape, seed):
+    """Inputs in [0.5, 1.5): numpy, not jax.random, whose threefry draw compiles anew per shape."""
+    return np.random.default_rng(seed).uniform(0.5, 1.5, shape).astype(np.float32)
+
+
 @pytest.mark.parametrize(
     "channels, bits, dtype",
     [(256, 32, np.uint32), (96, 32, np.uint32), (48, 16, np.uint16), (24, 8, np.uint8), (12, 4, np.uint8)]
@@ -30,7 +35,7 @@ def test_packing_is_the_widest_power_of_two_that_divides_the_channels(channels, 
 
 @pytest.mark.parametrize("shape, axis", [((3, 4, 5, 64), 3), ((3, 48, 4, 5), 1), ((2, 7, 8), 2), ((2, 6, 3), 2)])
 def test_pack_and_unpack_are_inverse(shape, axis):
-    grid = jax.random.bernoulli(jax.random.key(0), 0.3, shape)
+    grid = jnp.asarray(np.random.default_rng(0).random(shape) < 0.3)
     packing = bitmask.packing(shape, axis)
     words = bitmask.pack(grid, packing)
     assert words.shape == packing.words_shape(shape) and words.dtype == packing.dtype
@@ -75,7 +80,7 @@ def test_packed_masks_equal_the_reference_dilation(shape, block_size, seed_regio
         min(k, s) for k, s in zip((block_size,) * dims if isinstance(block_size, int) else block_size, spatial)
     )
     seeds = np.asarray(dj.sample_seeds(jax.random.key(1), shape, 0.3, block_size, seed_region=seed_region))
-    x = np.asarray(jax.random.uniform(jax.random.key(2), shape, jnp.float32, 0.5, 1.5))
+    x = uniform(shape, seed=2)
     keep = ~dropped_mask(seeds, spatial, block, range(1, dims + 1), seed_region)
     if channel_axis == 1:
         x_in, seeds_in = np.moveaxis(x, -1, 1), np.moveaxis(seeds, -1, 1)
@@ -97,7 +102,7 @@ def test_dropblock_equals_apply_seeds_of_sample_seeds_with_the_same_key(channel_
     grid_size = 2 * 32 * (41 - block_size) ** 2
     gamma = dj.seed_rate((40, 40), drop_prob, block_size)
     assert (policy.seed_budget(grid_size, gamma) is not None) == sparse
-    x = jax.random.uniform(jax.random.key(0), shape, jnp.float32, 0.5, 1.5)
+    x = jnp.asarray(uniform(shape, seed=0))
     key = jax.random.key(3)
     seeds = dj.sample_seeds(key, shape, drop_prob, block_size, channel_axis=channel_axis)
     expected = dj.apply_seeds(x, seeds, block_size, channel_axis=channel_axis)
@@ -123,7 +128,7 @@ def test_sparse_and_dense_packed_seeds_have_the_seed_rate():
 
 
 def test_packed_path_under_vmap_and_grad():
-    x = jax.random.uniform(jax.random.key(0), (2, 12, 12, 16), jnp.float32, 0.5, 1.5)
+    x = jnp.asarray(uniform((2, 12, 12, 16), seed=0))
     assert bitmask.packing(x.shape, -1).bits == 16
     keys = jax.random.split(jax.random.key(1), 4)
     batched = jax.vmap(lambda k: dj.dropblock(x, k, 0.3, 3))(keys)
@@ -141,7 +146,7 @@ def test_packed_path_under_vmap_and_grad():
 def test_unset_count_in_chunks_is_the_exact_count(shape, axis, chunk):
     # The chunked path (int32 sums of at most `chunk` positions, their total carried as two
     # int32 halves) is what grids of 2**31 positions or more take; forced here on small grids.
-    grid = jax.random.bernoulli(jax.random.key(7), 0.4, shape)
+    grid = jnp.asarray(np.random.default_rng(7).random(shape) < 0.4)
     packing = bitmask.packing(shape, axis)
     words = bitmask.pack(grid, packing)
     unset = ~np.asarray(grid)

@@ -14,7 +14,7 @@ optax = pytest.importorskip("optax")
 from dropblock_jax.equinox import DropBlock  # noqa: E402
 
 # A batch of 6 examples (C, H, W), positive: a zero in the output is a dropped unit.
-X = jax.random.uniform(jax.random.key(9), (6, 4, 12, 12), minval=0.5, maxval=1.5)
+X = jnp.asarray(np.random.default_rng(9).uniform(0.5, 1.5, (6, 4, 12, 12)).astype(np.float32))
 KEYS = jax.random.split(jax.random.key(1), X.shape[0])
 
 

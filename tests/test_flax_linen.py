@@ -11,7 +11,7 @@ import dropblock_jax as dj
 from dropblock_jax import schedules
 from dropblock_jax.linen import DropBlock, set_step
 
-X = jax.random.uniform(jax.random.key(9), (4, 12, 12, 8), minval=0.5, maxval=1.5)
+X = jnp.asarray(np.random.default_rng(9).uniform(0.5, 1.5, (4, 12, 12, 8)).astype(np.float32))
 
 
 class Net(nn.Module):

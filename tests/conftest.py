@@ -56,6 +56,9 @@ SLOW_TESTS = {
     "dropblock_jax/functional.py": {"dropblock_jax.functional.dropblock": "jit and vmap of a 100k-unit input"},
     "dropblock_jax/sampling.py": {"dropblock_jax.sampling.bernoulli_words": "a 500k-position grid"},
     "dropblock_jax/bitmask.py": {"dropblock_jax.bitmask.unset_count": "the chunked count"},
+    "tests/test_torch_bitmask.py": {
+        "test_a_traced_rate_of_zero_or_nan_draws_no_seed": "torch.compile",
+    },
     "tests/test_training_loops_jax.py": {
         "test_nnx_cnn_with_a_schedule_and_gradient_accumulation_under_nnx_jit": "trains a model",
         "test_the_same_seed_gives_the_same_draws_eagerly_and_under_nnx_jit": "trains a model twice",
@@ -103,6 +106,10 @@ COVERED_GRIDS = {
         "test_unset_count_in_chunks_is_the_exact_count": Cover(),
         "test_dropblock_equals_apply_seeds_of_sample_seeds_with_the_same_key": Cover(each=()),  # the sparse one
         "test_pack_and_unpack_are_inverse": Cover(each=()),
+    },
+    "tests/test_torch_bitmask.py": {
+        # Each compiles the dilation with torch.compile.
+        "test_dilate_matches_the_numpy_reference": Cover(each=("seed_region",)),
     },
     "tests/test_properties.py": {
         # Every rank and every normalisation; hypothesis still draws rates and keys for each.

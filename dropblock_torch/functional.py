@@ -186,10 +186,12 @@ def _zero_bits(x: torch.Tensor, dropped: torch.Tensor) -> torch.Tensor:
 
 def _zeroed(x: torch.Tensor, dropped: torch.Tensor, compute: torch.dtype, inplace: bool) -> torch.Tensor:
     """``x`` in ``compute`` with +0 written where ``dropped`` (broadcast over shared dims), into ``x`` if it may."""
-    if _tracing():
-        return _ZeroBits.apply(x, dropped).to(compute)
-    if inplace and x.dtype == compute:
+    if inplace and x.dtype == compute and not _tracing():
         return x.masked_fill_(dropped, 0)
+    # Compiled, and eagerly for a mask shared by the channels (whose integer form is small), an
+    # AND of the bits is one vectorised pass; eagerly a mask per unit is cheaper through where.
+    if _tracing() or dropped.numel() * 2 <= x.numel():
+        return _ZeroBits.apply(x, dropped).to(compute)
     return torch.where(dropped, 0.0, x.to(compute))
 
 

@@ -21,6 +21,7 @@ position. Where the torch twin differs from the JAX one, and why:
 from __future__ import annotations
 
 import math
+import operator
 from collections.abc import Sequence
 
 import torch
@@ -97,31 +98,40 @@ def _traced_round(gamma: torch.Tensor, size, budget, last, device) -> torch.Tens
     return (torch.cumsum(gaps.to(torch.int64) + 1, 0) + last).clamp(max=size)
 
 
-def _traced_sparse_words(gamma: torch.Tensor, size, packing: Packing, device) -> torch.Tensor:
+def _traced_sparse_words(gamma: torch.Tensor, batch, per_example: int, packing: Packing, device) -> torch.Tensor:
     """Rounds of gaps (a small one, then one budgeted for ``TRACED_RATE_CAP``), then a dense tail if still short.
 
-    Each step runs only if the grid is not complete yet (``torch.cond``); words are bytes even
-    unpacked, since inductor (torch 2.13) mishandles a bool operand of ``torch.cond``.
+    Each step runs only if the grid is not complete yet (``torch.cond``). The words go through
+    ``torch.cond`` as ``(batch, per_example // bits)`` bytes, even unpacked: inductor (torch 2.13)
+    mishandles a bool operand there, and binds a symbolic batch only from a dimension that is
+    exactly that symbol (a flat grid of ``batch * per_example`` fails to compile).
     """
+    size = batch * per_example
 
-    def words_at(positions: torch.Tensor) -> torch.Tensor:
-        return _scatter(positions, size // packing.bits, packing, device)[:-1].to(torch.uint8)
+    def words_at(positions: torch.Tensor, rows) -> torch.Tensor:
+        words = _scatter(positions, rows * (per_example // packing.bits), packing, device)[:-1]
+        return words.to(torch.uint8).reshape(rows, per_example // packing.bits)
 
     def as_is(words: torch.Tensor, last: torch.Tensor, gamma: torch.Tensor) -> torch.Tensor:
         return words.clone()
 
     def dense_tail(words: torch.Tensor, last: torch.Tensor, gamma: torch.Tensor) -> torch.Tensor:
-        after = torch.arange(size, device=device) > last
-        return words | bitmask.pack_flat((_uniform((size,), None, device) < gamma) & after, packing).to(torch.uint8)
+        rows = words.shape[0]
+        after = torch.arange(rows * per_example, device=device) > last
+        fresh = bitmask.pack_flat((_uniform((rows * per_example,), None, device) < gamma) & after, packing)
+        return words | fresh.to(torch.uint8).reshape(words.shape)
 
     def second_round(words: torch.Tensor, last: torch.Tensor, gamma: torch.Tensor) -> torch.Tensor:
-        positions = _traced_round(gamma, size, policy.linear_seed_budget(size), last, device)
-        words = words | words_at(positions)
-        return torch.cond(positions[-1] < size - 1, dense_tail, as_is, (words, positions[-1], gamma))
+        rows = words.shape[0]
+        grid_size = rows * per_example
+        positions = _traced_round(gamma, grid_size, policy.linear_seed_budget(grid_size), last, device)
+        words = words | words_at(positions, rows)
+        return torch.cond(positions[-1] < grid_size - 1, dense_tail, as_is, (words, positions[-1], gamma))
 
     first_budget = policy.linear_seed_budget(size, FIRST_ROUND_RATE_CAP)
     positions = _traced_round(gamma, size, first_budget, torch.tensor(-1, device=device), device)
-    words = torch.cond(positions[-1] < size - 1, second_round, as_is, (words_at(positions), positions[-1], gamma))
+    first = words_at(positions, batch)
+    words = torch.cond(positions[-1] < size - 1, second_round, as_is, (first, positions[-1], gamma))
     return words if packing.bits > 1 else words != 0
 
 
@@ -163,7 +173,9 @@ def bernoulli_words(
         # batch sizes a graph serves, which torch.export refuses. Positions are int64: no maximum.
         if not isinstance(size, int) or size >= policy.SPARSE_MIN_SIZE:
             gamma = torch.as_tensor(gamma, dtype=torch.float32, device=device)
-            return _traced_sparse_words(gamma, size, packing, device).reshape(words_shape)
+            # All but the batch static (the channel count is specialised: it rarely changes).
+            per_example = operator.index(shape[1]) * math.prod(shape[2:])
+            return _traced_sparse_words(gamma, shape[0], per_example, packing, device).reshape(words_shape)
     elif allow_sparse and on_cpu and not tracing:
         rate = float(gamma)  # a CPU tensor reads back for free
         budget = policy.seed_budget(size, rate)

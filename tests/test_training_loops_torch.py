@@ -453,3 +453,24 @@ def test_compiled_timm_resnet18_with_the_paper_block_trains():
     compiled = torch.compile(model, backend="aot_eager")  # inductor: the torchvision test above
     losses = train(model, batches((4, 4, 3), shape=(3, 64, 64)), optimizer, compiled)
     assert np.isfinite(losses).all() and int(model.layer3[1].step) == 3
+
+
+@pytest.mark.slow
+def test_inductor_trains_new_layers_on_new_batch_and_channel_counts_with_sparse_seeds():
+    # Layers compiled one after another share DropBlock's forward: the second shape compiles it
+    # again with a symbolic batch and channel count, through the sparse sampler's torch.cond
+    # (grids above the sparse threshold), forward and backward.
+    for shape, block in [((8, 64, 28, 28), 7), ((16, 128, 14, 14), 5)]:
+        layers = [
+            torch.compile(dt.DropBlock2d(0.1, block, share_channels=share), fullgraph=True) for share in (False, True)
+        ]
+        x = torch.randn(shape)
+        for layer in layers:
+            assert (layer(x) == 0).any()
+        for layer in layers:
+            leaf = x.clone().requires_grad_()
+            out = layer(leaf)
+            out.backward(torch.ones_like(out))
+            kept = out != 0
+            torch.testing.assert_close(leaf.grad[kept], (out / leaf)[kept].detach())
+            assert (leaf.grad[~kept] == 0).all()

@@ -222,6 +222,9 @@ def jax_rows(case: Case, repeats: int, device: jax.Device) -> list[Row]:
 
 def compiled_torch_functions(case: Case) -> dict[str, Callable[[torch.Tensor], torch.Tensor]]:
     """The floor, dropout and both DropBlock layers under ``torch.compile(fullgraph=True)``, as training runs them."""
+    # Every shape compiles afresh: the layers of all shapes share one forward, and would pass
+    # dynamo's recompile limit (8 per code object) over the whole run.
+    torch.compiler.reset()
     layer = (dt.DropBlock1d, dt.DropBlock2d, dt.DropBlock3d)[len(case.shape) - 3]
     modules = {
         "x * s (floor, compiled)": lambda x: x * 1.1,

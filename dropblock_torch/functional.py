@@ -168,10 +168,15 @@ class _ZeroBits(torch.autograd.Function):
     its bits, so the result is ``where``'s to the bit.
     """
 
+    generate_vmap_rule = True
+
     @staticmethod
-    def forward(ctx, x: torch.Tensor, dropped: torch.Tensor) -> torch.Tensor:
-        ctx.save_for_backward(dropped)
+    def forward(x: torch.Tensor, dropped: torch.Tensor) -> torch.Tensor:
         return _zero_bits(x, dropped)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output) -> None:
+        ctx.save_for_backward(inputs[1])
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
@@ -195,6 +200,37 @@ def _zeroed(x: torch.Tensor, dropped: torch.Tensor, compute: torch.dtype, inplac
     return torch.where(dropped, 0.0, x.to(compute))
 
 
+class _ZeroedScaled(torch.autograd.Function):
+    """``where(dropped, 0, x) * scale`` in eager mode, whose backward is the same function of the gradient.
+
+    Autograd's own chain (a ``where``, then a product) allocates a full-size tensor for each of
+    its two backward steps; this allocates one, so a training step holds no more than with
+    dropout. At dropped units the gradient is ``0 * scale``: 0, since a scale is finite
+    whenever anything is dropped.
+    """
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(x: torch.Tensor, dropped: torch.Tensor, scale: torch.Tensor | None) -> torch.Tensor:
+        return _zeroed_scaled(x, dropped, scale)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output) -> None:
+        ctx.save_for_backward(inputs[1], inputs[2])
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        dropped, scale = ctx.saved_tensors
+        return _zeroed_scaled(grad, dropped, scale), None, None
+
+
+def _zeroed_scaled(x: torch.Tensor, dropped: torch.Tensor, scale: torch.Tensor | None) -> torch.Tensor:
+    compute = x.dtype if scale is None else scale.dtype
+    out = _zeroed(x, dropped, compute, inplace=False)
+    return (out if scale is None else out.mul_(scale)).to(x.dtype)
+
+
 def _normalized(x: torch.Tensor, dropped: torch.Tensor, scale: torch.Tensor | None, inplace: bool) -> torch.Tensor:
     """``where(dropped, 0, x * scale)`` in >= float32: the zeros written, then the product by ``scale``.
 
@@ -205,6 +241,8 @@ def _normalized(x: torch.Tensor, dropped: torch.Tensor, scale: torch.Tensor | No
     factor or float copy of the mask is allocated, and in eager mode a ``where`` then an
     in-place product is cheaper on the CPU than a product then ``masked_fill_``.
     """
+    if not inplace and not _tracing():
+        return _like_x(_ZeroedScaled.apply(x, dropped, scale), x)
     compute = x.dtype if scale is None else scale.dtype
     out = _zeroed(x, dropped, compute, inplace)
     if scale is not None:

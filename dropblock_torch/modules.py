@@ -19,6 +19,7 @@ from torch import nn
 
 from dropblock_common import schedules as schedule_math
 from dropblock_common import validation
+from dropblock_common.options import DropBlockOptions
 from dropblock_torch import functional
 
 Schedule = Callable[[torch.Tensor], torch.Tensor | float]
@@ -47,7 +48,11 @@ class _DropBlockNd(nn.Module):
             block_size, seed_region, normalize, spatial_dims=self.spatial_dims, inplace=inplace, **flags
         )
         self.block_size = validation.block_size_tuple(block_size, self.spatial_dims)
-        self.options = dict(seed_region=seed_region, normalize=normalize, inplace=inplace, **flags)
+        # Plain attributes, as nn.Dropout has (``layer.noise``), checked as one record.
+        options = DropBlockOptions(seed_region=seed_region, normalize=normalize, **flags)
+        for name, value in options.kwargs().items():
+            setattr(self, name, value)
+        self.inplace = validation.check_flag(inplace, "inplace")
         self.auto_step = validation.check_flag(auto_step, "auto_step")
         rate = validation.rate_or_schedule(drop_prob)
         self.schedule = rate if callable(rate) else None
@@ -117,11 +122,14 @@ class _DropBlockNd(nn.Module):
         rate = self._current_rate()
         if self.schedule is not None and self.auto_step:
             self.step.add_(1)
-        return functional.drop_block(x, rate, self.block_size, spatial_dims=self.spatial_dims, **self.options)
+        options = {name: getattr(self, name) for name in DropBlockOptions.names()}
+        return functional.drop_block(
+            x, rate, self.block_size, spatial_dims=self.spatial_dims, inplace=self.inplace, **options
+        )
 
     def extra_repr(self) -> str:
         rate = f"schedule={self.schedule!r}" if self.schedule is not None else f"drop_prob={self.drop_prob:g}"
-        options = ", ".join(f"{name}={value!r}" for name, value in self.options.items())
+        options = DropBlockOptions.from_attributes(self).repr_fragment(defaults=True) + f", inplace={self.inplace!r}"
         step = "" if self.schedule is None or self.auto_step else ", auto_step=False"
         return f"{rate}, block_size={self.block_size}, {options}{step}"
 

@@ -154,3 +154,15 @@ def test_torch_export_in_eval_mode():
     exported = torch.export.export(model, (torch.rand(2, 3, 12, 12),))
     x = torch.rand(2, 3, 12, 12)
     torch.testing.assert_close(exported.module()(x), model(x))
+
+
+def test_options_are_plain_attributes_as_on_nn_dropout():
+    layer = dt.DropBlock2d(0.1, 5, seed_region="full", noise=True, share_batch=True)
+    assert (layer.seed_region, layer.noise, layer.share_batch, layer.calibrate, layer.inplace) == (
+        "full",
+        True,
+        True,
+        False,
+        False,
+    )
+    assert "options" not in repr(layer) and "noise=True" in repr(layer)

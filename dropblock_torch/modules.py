@@ -22,6 +22,9 @@ from dropblock_common import validation
 from dropblock_common.options import DropBlockOptions
 from dropblock_torch import functional
 
+# Read once: dynamo (torch 2.14) cannot trace dataclasses.fields on a class inside forward.
+_OPTION_NAMES = DropBlockOptions.names()
+
 Schedule = Callable[[torch.Tensor], torch.Tensor | float]
 
 
@@ -122,7 +125,7 @@ class _DropBlockNd(nn.Module):
         rate = self._current_rate()
         if self.schedule is not None and self.auto_step:
             self.step.add_(1)
-        options = {name: getattr(self, name) for name in DropBlockOptions.names()}
+        options = {name: getattr(self, name) for name in _OPTION_NAMES}
         return functional.drop_block(
             x, rate, self.block_size, spatial_dims=self.spatial_dims, inplace=self.inplace, **options
         )

@@ -7,7 +7,7 @@ each parameter, and every pair of values of the named factors, occurs in some te
 rest of the grid is marked slow. Some modules mark their own slow tests with
 ``@pytest.mark.slow``; this hook marks the others by module and test name.
 
-``pytest_collection_modifyitems`` sees every item of the session, so this hook marks the
+``pytest_collection_modifyitems`` sees every item collected in one run, so this hook marks the
 parity suite and the doctests too whenever they are collected together with ``tests/`` (the
 default ``testpaths``). ``pytest parity_tests`` alone does not load this file.
 """

@@ -220,11 +220,12 @@ def dilate(words: torch.Tensor, blocks: Sequence[int], paddings: Sequence[tuple[
     if all(block == 1 for block in blocks):
         return words
     flat_paddings = [side for pair in paddings for side in pair]
-    as_bytes = words.view(torch.uint8) if words.dtype == torch.bool else words
     if torch.compiler.is_compiling() or torch.compiler.is_exporting():
-        dilated = _dilate_op(as_bytes, list(blocks), flat_paddings)
-        # A comparison, not a bool view: inductor's C++ backend cannot vectorise a byte buffer
-        # read as bools (``Vectorized<bool>`` has no conversions).
+        # A conversion and a comparison, not bool views: inductor before torch 2.13 cannot lower
+        # a view of bools as bytes, and its C++ backend cannot vectorise a byte buffer read as
+        # bools (``Vectorized<bool>`` has no conversions). Both fuse into their neighbours.
+        dilated = _dilate_op(words.to(torch.uint8), list(blocks), flat_paddings)
         return dilated != 0 if words.dtype == torch.bool else dilated
+    as_bytes = words.view(torch.uint8) if words.dtype == torch.bool else words
     dilated = _dilate_bytes(as_bytes, blocks, flat_paddings)
     return dilated.view(torch.bool) if words.dtype == torch.bool else dilated

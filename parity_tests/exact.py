@@ -1,13 +1,14 @@
 """Exact parity: one numpy seed array through both ``apply_seeds`` gives the same mask, output, gradient.
 
 The seeds are drawn once with numpy, in the torch layout ``(N, C, *grid)``, and moved to the
-channels-last layout for JAX. Outputs and gradients must agree to 1 ulp of their dtype (in
-practice they are bit-identical: both twins do the same float32 operations in the same
-order); masks must be identical. The JAX channels-first path (``channel_axis=1``) is checked
-against its channels-last path too. Beyond masks, the seed rate and expected drop that the
-twins compute for a traced rate (the float32 code of ``dropblock_common.rates`` in each
-framework, and the ``normalize="expected"`` scale each twin's ``dropblock`` applies) must agree
-with ``dropblock_common``'s float64 values, and the schedules with ``numpy.linspace``.
+channels-last layout for JAX. Outputs and gradients must agree to 1 ulp of their dtype on the
+CPU (in practice they are bit-identical: both twins do the same float32 operations in the same
+order) and to ``GPU_ULPS`` on a GPU; masks must be identical everywhere. The JAX channels-first
+path (``channel_axis=1``) is checked against its channels-last path too. Beyond masks, the seed
+rate and expected drop that the twins compute for a traced rate (the float32 code of
+``dropblock_common.rates`` in each framework, and the ``normalize="expected"`` scale each
+twin's ``dropblock`` applies) must agree with ``dropblock_common``'s float64 values, and the
+schedules with ``numpy.linspace``.
 """
 
 from __future__ import annotations
@@ -214,10 +215,16 @@ def ulps(a: np.ndarray, b: np.ndarray, mantissa_bits: int) -> float:
     return float(np.max(np.abs(a - b) / spacing, initial=0.0))
 
 
+# On a GPU, XLA divides float32 with PTX's ``div.full`` (within 2 ulp) where torch's CUDA kernels
+# round the quotient correctly, so a counted scale (``normalize="batch"`` or ``"sample"``:
+# numel / kept) may differ by 2 ulp, and the product with ``x`` by one more rounding.
+GPU_ULPS = 3
+
+
 def exact_checks(
-    config: ExactConfig, jax_twin: TwinResult, torch_twin: TwinResult, jax_first: np.ndarray
+    config: ExactConfig, jax_twin: TwinResult, torch_twin: TwinResult, jax_first: np.ndarray, max_ulps: int = 1
 ) -> list[Check]:
-    """The verdicts on one configuration: masks equal, outputs and gradients within 1 ulp, layouts equal."""
+    """The verdicts on one configuration: masks equal, outputs and gradients within ``max_ulps``, layouts equal."""
     mantissa = DTYPES[config.dtype][2]
     mismatched = int(np.sum((jax_twin.out == 0) != (torch_twin.out == 0)))
     out_ulps, grad_ulps = ulps(jax_twin.out, torch_twin.out, mantissa), ulps(jax_twin.grad, torch_twin.grad, mantissa)
@@ -237,15 +244,15 @@ def exact_checks(
             **row,
             statistic="output, jax vs torch (max ulps)",
             test_statistic=out_ulps,
-            bound="<= 1",
-            passed=out_ulps <= 1,
+            bound=f"<= {max_ulps}",
+            passed=out_ulps <= max_ulps,
         ),
         Check(
             **row,
             statistic="gradient, jax vs torch (max ulps)",
             test_statistic=grad_ulps,
-            bound="<= 1",
-            passed=grad_ulps <= 1,
+            bound=f"<= {max_ulps}",
+            passed=grad_ulps <= max_ulps,
         ),
         Check(
             **row,
@@ -267,11 +274,13 @@ def run_exact(config: ExactConfig, devices: Devices) -> list[Check]:
       [True, True, True, True]
     """
     inputs = exact_inputs(config)
+    counted_scale = config.normalize in ("batch", "sample")
     return exact_checks(
         config,
         jax_result(config, inputs, devices),
         torch_result(config, inputs, devices),
         jax_channels_first_output(config, inputs, devices),
+        max_ulps=GPU_ULPS if devices.kind == "gpu" and counted_scale else 1,
     )
 
 

@@ -68,12 +68,15 @@ def torch_variants(args) -> list[Variant]:
 
         return for_stage
 
-    images = torch.randn(args.batch_size, 3, args.image_size, args.image_size)
-    labels = torch.randint(0, 10, (args.batch_size,))
+    device = torch.device("cuda" if args.device == "gpu" else "cpu")
+    images = torch.randn(args.batch_size, 3, args.image_size, args.image_size, device=device)
+    labels = torch.randint(0, 10, (args.batch_size,), device=device)
+    # A GPU step is queued; the timing waits for it.
+    finish = torch.cuda.synchronize if device.type == "cuda" else lambda: None
 
     def training_step(make, compiled: bool) -> Callable[[], object]:
         torch.manual_seed(0)
-        model = ResNet18(3, 10, args.width, regulariser(make)).train()
+        model = ResNet18(3, 10, args.width, regulariser(make)).to(device).train()
         optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
         forward = torch.compile(model) if compiled else model
 
@@ -82,6 +85,7 @@ def torch_variants(args) -> list[Variant]:
             loss = nn.functional.cross_entropy(forward(images), labels)
             loss.backward()
             optimizer.step()
+            finish()
             return loss
 
         return step
@@ -116,12 +120,16 @@ def jax_variants(args) -> list[Variant]:
 
         return for_stage
 
-    images = jax.random.normal(jax.random.key(0), (args.batch_size, args.image_size, args.image_size, 3))
-    labels = jax.random.randint(jax.random.key(1), (args.batch_size,), 0, 10)
+    device = jax.devices("gpu" if args.device == "gpu" else "cpu")[0]
+    images = jax.device_put(
+        jax.random.normal(jax.random.key(0), (args.batch_size, args.image_size, args.image_size, 3)), device
+    )
+    labels = jax.device_put(jax.random.randint(jax.random.key(1), (args.batch_size,), 0, 10), device)
 
     def training_step(with_dropblock: bool) -> Callable[[], object]:
-        model = ResNet18(3, 10, args.width, regulariser(with_dropblock), rngs=nnx.Rngs(0, dropblock=1))
-        optimizer = nnx.Optimizer(model, optax.sgd(0.01, momentum=0.9), wrt=nnx.Param)
+        with jax.default_device(device):
+            model = ResNet18(3, 10, args.width, regulariser(with_dropblock), rngs=nnx.Rngs(0, dropblock=1))
+            optimizer = nnx.Optimizer(model, optax.sgd(0.01, momentum=0.9), wrt=nnx.Param)
         return lambda: jax.block_until_ready(train_step(model, optimizer, images, labels))
 
     return [
@@ -154,6 +162,7 @@ def table(variants: list[Variant], medians: list[float]) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cpu", choices=("cpu", "gpu"))
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--image-size", type=int, default=64, help="input side (stages 3 and 4 see 1/4 and 1/8)")
     parser.add_argument("--width", type=int, default=64, help="channels of the first stage (ResNet-18: 64)")
@@ -172,8 +181,9 @@ def main(argv: list[str] | None = None) -> None:
         "",
     )
     print(
-        f"ResNet-18 training step: batch {args.batch_size}, {args.image_size}x{args.image_size} inputs, width "
-        f"{args.width}, drop_prob {DROP_PROB}, median of {args.repeats}{versions}\n"
+        f"ResNet-18 training step on the {args.device}: batch {args.batch_size}, "
+        f"{args.image_size}x{args.image_size} inputs, width {args.width}, drop_prob {DROP_PROB}, "
+        f"median of {args.repeats}{versions}\n"
     )
     print(table(variants, medians))
 

@@ -69,3 +69,52 @@ def test_benchmark_command_line_help():
         [sys.executable, "-m", "benchmarks.bench", "--help"], capture_output=True, text=True, timeout=120
     )
     assert result.returncode == 0 and "--repeats" in result.stdout
+
+
+def test_interleaved_medians_time_several_calls_per_timing():
+    from benchmarks import bench
+
+    calls, synced = [], []
+    medians = bench.interleaved_medians({"a": lambda: calls.append("a")}, repeats=2, sync=synced.append, calls=4)
+    # 3 warm-up rounds and 2 timed ones, each 4 calls and one wait for the last.
+    assert len(calls) == 5 * 4 and len(synced) == 5 and medians["a"] >= 0
+
+
+def test_targets_compare_each_framework_with_its_own_floor():
+    from benchmarks import bench
+
+    case = bench.Case((2, 8, 10, 10), 3)
+
+    def row(framework, name, gb_per_s, baseline=None):
+        ratio = None if baseline is None else 1.1
+        return bench.Row(
+            case.name,
+            framework,
+            name,
+            1.0,
+            1.0,
+            gb_per_s=gb_per_s,
+            baseline=baseline,
+            ratio=ratio,
+            backward_ratio=ratio,
+        )
+
+    rows = [
+        row("jax", "x * s (floor)", 100.0),
+        row("torch", "x * s (floor)", 400.0),
+        row("jax", "dropblock_jax shared-channel", 90.0, "x * s (floor)"),
+        row("torch", "dropblock_torch shared-channel (full)", 100.0, "x * s (floor)"),
+    ]
+    lines = bench.targets(rows, case, gpu=True).splitlines()
+    jax_line = next(line for line in lines if "dropblock_jax shared-channel" in line)
+    torch_line = next(line for line in lines if "dropblock_torch shared-channel (full):" in line)
+    assert "90% of the floor's 100 GB/s" in jax_line and jax_line.endswith("-> met")
+    assert "25% of the floor's 400 GB/s" in torch_line and torch_line.endswith("-> NOT met")
+
+
+def test_benchmark_refuses_a_batch_multiple_below_one(capsys):
+    from benchmarks import bench
+
+    with pytest.raises(SystemExit):
+        bench.main(["--batch-multiple", "0"])
+    assert "--batch-multiple=0" in capsys.readouterr().err

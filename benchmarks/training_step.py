@@ -2,15 +2,19 @@
 
 A ResNet-18 training step (forward, backward, SGD with momentum) with DropBlock where the paper
 puts it (stages 3 and 4, after every conv-BN and on the skip connections;
-``dropblock_common.presets``), against the same step without it, in one run: the torch twin
-eager and under ``torch.compile``, timm's and torchvision's ``DropBlock2d`` at the same places
-(those that are installed), and the JAX twin under ``nnx.jit``. The model is the examples'
-ResNet-18 (``examples/resnet_cifar10_*.py``: a 3x3 stem, four stages of two basic blocks),
-``drop_prob`` the paper's final 0.1, fixed, so that every step pays the full cost.
+``dropblock_common.presets``), against the same step with those layers switched off, in one
+run: the torch twin eager and under ``torch.compile``, timm's and torchvision's
+``DropBlock2d`` at the same places (those that are installed), and the JAX twin under
+``nnx.jit``. The model is the examples' ResNet-18 (``examples/resnet_cifar10_*.py``: a 3x3 stem,
+four stages of two basic blocks), ``drop_prob`` the paper's final 0.1, fixed, so that every step
+pays the full cost.
 
-Timing is interleaved, as in ``benchmarks.bench``: each repeat runs one step of every variant in
-turn, so a burst of noise hits them alike. The overhead is ``step / baseline - 1`` against the
-variant without DropBlock in the same framework and mode.
+Each DropBlock is measured against itself switched off (its layers in eval mode, which returns
+the input): the same model, weights and optimizer, so no difference between two model instances
+(where their memory lies, which kernels they happened to get) is counted as DropBlock's. Timing
+is interleaved: every repeat runs one step of every variant on and off in turn, so a burst of
+noise hits them alike, and the overhead is the median over repeats of ``on / off - 1``, each
+ratio taken within one repeat.
 """
 
 from __future__ import annotations
@@ -30,11 +34,12 @@ DROP_PROB = 0.1
 
 @dataclasses.dataclass
 class Variant:
+    """One DropBlock in one framework and mode; ``step(on)`` trains one step with it on or off."""
+
     framework: str
     mode: str  # "eager", "compiled", "jit"
     name: str
-    step: Callable[[], object]
-    baseline: str | None = None
+    step: Callable[[bool], object]
 
 
 def torch_variants(args) -> list[Variant]:
@@ -48,6 +53,8 @@ def torch_variants(args) -> list[Variant]:
     placement = resnet_placement("paper")
     layers: dict[str, Callable[[float, int], nn.Module]] = {
         "dropblock_torch DropBlock2d": lambda p, k: dt.DropBlock2d(p, k),
+        # timm's default: one mask for all channels.
+        "dropblock_torch DropBlock2d (shared)": lambda p, k: dt.DropBlock2d(p, k, share_channels=True),
     }
     timm = load_timm_drop_module()
     if timm is not None:
@@ -59,28 +66,34 @@ def torch_variants(args) -> list[Variant]:
     if TorchvisionDropBlock2d is not None:
         layers["torchvision DropBlock2d"] = lambda p, k: TorchvisionDropBlock2d(p, k)
 
-    def regulariser(make: Callable[[float, int], nn.Module] | None):
-        def for_stage(stage: int):
-            if make is None or stage not in placement:
-                return nn.Identity, False
-            where = placement[stage]
-            return (lambda: make(DROP_PROB * where.rate_scale, where.block_size)), where.on_skip
-
-        return for_stage
-
     device = torch.device("cuda" if args.device == "gpu" else "cpu")
     images = torch.randn(args.batch_size, 3, args.image_size, args.image_size, device=device)
     labels = torch.randint(0, 10, (args.batch_size,), device=device)
     # A GPU step is queued; the timing waits for it.
     finish = torch.cuda.synchronize if device.type == "cuda" else lambda: None
 
-    def training_step(make, compiled: bool) -> Callable[[], object]:
+    def training_step(make: Callable[[float, int], nn.Module], compiled: bool) -> Callable[[bool], object]:
+        inserted: list[nn.Module] = []
+
+        def for_stage(stage: int):
+            if stage not in placement:
+                return nn.Identity, False
+            where = placement[stage]
+
+            def layer():
+                inserted.append(make(DROP_PROB * where.rate_scale, where.block_size))
+                return inserted[-1]
+
+            return layer, where.on_skip
+
         torch.manual_seed(0)
-        model = ResNet18(3, 10, args.width, regulariser(make)).to(device).train()
+        model = ResNet18(3, 10, args.width, for_stage).to(device).train()
         optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
         forward = torch.compile(model) if compiled else model
 
-        def step():
+        def step(on: bool):
+            for layer in inserted:
+                layer.train(on)  # off: eval mode, where every DropBlock returns its input
             optimizer.zero_grad(set_to_none=True)
             loss = nn.functional.cross_entropy(forward(images), labels)
             loss.backward()
@@ -90,14 +103,12 @@ def torch_variants(args) -> list[Variant]:
 
         return step
 
-    variants = []
-    for mode in ("eager", "compiled") if args.compile else ("eager",):
-        compiled = mode == "compiled"
-        baseline = "no DropBlock"
-        variants.append(Variant("torch", mode, baseline, training_step(None, compiled)))
-        for name, make in layers.items():
-            variants.append(Variant("torch", mode, name, training_step(make, compiled), baseline))
-    return variants
+    modes = [mode for mode in args.modes.split(",") if args.compile or mode != "compiled"]
+    return [
+        Variant("torch", mode, name, training_step(make, mode == "compiled"))
+        for mode in modes
+        for name, make in layers.items()
+    ]
 
 
 def jax_variants(args) -> list[Variant]:
@@ -110,53 +121,70 @@ def jax_variants(args) -> list[Variant]:
     from examples.resnet_cifar10_flax import Identity, ResNet18, train_step
 
     placement = resnet_placement("paper")
+    inserted: list[DropBlock] = []
 
-    def regulariser(with_dropblock: bool):
-        def for_stage(stage: int, rngs: nnx.Rngs):
-            if not with_dropblock or stage not in placement:
-                return (lambda: Identity()), False
-            where = placement[stage]
-            return (lambda: DropBlock(DROP_PROB * where.rate_scale, where.block_size, rngs=rngs)), where.on_skip
+    def for_stage(stage: int, rngs: nnx.Rngs):
+        if stage not in placement:
+            return (lambda: Identity()), False
+        where = placement[stage]
 
-        return for_stage
+        def layer():
+            inserted.append(DropBlock(DROP_PROB * where.rate_scale, where.block_size, rngs=rngs))
+            return inserted[-1]
+
+        return layer, where.on_skip
 
     device = jax.devices("gpu" if args.device == "gpu" else "cpu")[0]
     images = jax.device_put(
         jax.random.normal(jax.random.key(0), (args.batch_size, args.image_size, args.image_size, 3)), device
     )
     labels = jax.device_put(jax.random.randint(jax.random.key(1), (args.batch_size,), 0, 10), device)
+    with jax.default_device(device):
+        model = ResNet18(3, 10, args.width, for_stage, rngs=nnx.Rngs(0, dropblock=1))
+        optimizer = nnx.Optimizer(model, optax.sgd(0.01, momentum=0.9), wrt=nnx.Param)
 
-    def training_step(with_dropblock: bool) -> Callable[[], object]:
-        with jax.default_device(device):
-            model = ResNet18(3, 10, args.width, regulariser(with_dropblock), rngs=nnx.Rngs(0, dropblock=1))
-            optimizer = nnx.Optimizer(model, optax.sgd(0.01, momentum=0.9), wrt=nnx.Param)
-        return lambda: jax.block_until_ready(train_step(model, optimizer, images, labels))
+    def step(on: bool):
+        for layer in inserted:
+            layer.deterministic = not on  # a static attribute: nnx.jit keeps one program for each
+        return jax.block_until_ready(train_step(model, optimizer, images, labels))
 
-    return [
-        Variant("jax", "jit", "no DropBlock", training_step(False)),
-        Variant("jax", "jit", "dropblock_jax nnx.DropBlock", training_step(True), "no DropBlock"),
-    ]
-
-
-def interleaved_medians(variants: list[Variant], repeats: int) -> list[float]:
-    """Median seconds of each variant's step, one step of each in turn per repeat (after 2 warm-up rounds)."""
-    times: list[list[float]] = [[] for _ in variants]
-    for round_ in range(2 + repeats):
-        for variant, spent in zip(variants, times, strict=True):
-            start = time.perf_counter()
-            variant.step()
-            if round_ >= 2:
-                spent.append(time.perf_counter() - start)
-    return [statistics.median(spent) for spent in times]
+    return [Variant("jax", "jit", "dropblock_jax nnx.DropBlock", step)]
 
 
-def table(variants: list[Variant], medians: list[float]) -> str:
-    baseline = {(v.framework, v.mode): m for v, m in zip(variants, medians, strict=True) if v.baseline is None}
-    lines = ["| framework | mode | DropBlock | step ms | overhead |", "|---|---|---|---|---|"]
-    for variant, median in zip(variants, medians, strict=True):
-        base = baseline[(variant.framework, variant.mode)]
-        overhead = "" if variant.baseline is None else f"{median / base - 1:+.1%}"
-        lines.append(f"| {variant.framework} | {variant.mode} | {variant.name} | {1e3 * median:.1f} | {overhead} |")
+@dataclasses.dataclass
+class Timing:
+    """Seconds per step of one variant, with DropBlock on and off, one pair per repeat."""
+
+    on: list[float]
+    off: list[float]
+
+    @property
+    def overhead(self) -> float:
+        """The median over repeats of ``on / off - 1``."""
+        return statistics.median(on / off - 1 for on, off in zip(self.on, self.off, strict=True))
+
+
+def interleaved_timings(variants: list[Variant], repeats: int, warmup: int = 2) -> list[Timing]:
+    """Each variant's step on and off, one step of each in turn per repeat (after ``warmup`` rounds)."""
+    timings = [Timing([], []) for _ in variants]
+    for round_ in range(warmup + repeats):
+        for variant, timing in zip(variants, timings, strict=True):
+            # Alternate which goes first, so neither always follows another variant's step.
+            for on in (True, False) if round_ % 2 else (False, True):
+                start = time.perf_counter()
+                variant.step(on)
+                if round_ >= warmup:
+                    (timing.on if on else timing.off).append(time.perf_counter() - start)
+    return timings
+
+
+def table(variants: list[Variant], timings: list[Timing]) -> str:
+    lines = ["| framework | mode | DropBlock | step ms, off | step ms, on | overhead |", "|---|---|---|---|---|---|"]
+    for variant, timing in zip(variants, timings, strict=True):
+        off, on = (1e3 * statistics.median(values) for values in (timing.off, timing.on))
+        lines.append(
+            f"| {variant.framework} | {variant.mode} | {variant.name} | {off:.1f} | {on:.1f} | {timing.overhead:+.1%} |"
+        )
     return "\n".join(lines)
 
 
@@ -167,14 +195,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--image-size", type=int, default=64, help="input side (stages 3 and 4 see 1/4 and 1/8)")
     parser.add_argument("--width", type=int, default=64, help="channels of the first stage (ResNet-18: 64)")
     parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--modes", default="eager,compiled", help="torch's modes, comma-separated: eager, compiled")
     parser.add_argument("--no-compile", dest="compile", action="store_false", help="eager torch only")
     parser.add_argument("--frameworks", default="torch,jax", help="comma-separated: torch, jax")
     args = parser.parse_args(argv)
     frameworks = set(args.frameworks.split(","))
+    if not set(args.modes.split(",")) <= {"eager", "compiled"}:
+        parser.error(f"--modes takes eager and compiled, got --modes={args.modes!r}.")
     variants = (torch_variants(args) if "torch" in frameworks else []) + (
         jax_variants(args) if "jax" in frameworks else []
     )
-    medians = interleaved_medians(variants, args.repeats)
+    timings = interleaved_timings(variants, args.repeats)
     versions = functools.reduce(
         lambda text, name: text + f", {name} {sys.modules[name].__version__}" if name in sys.modules else text,
         ("torch", "jax", "flax"),
@@ -185,7 +216,7 @@ def main(argv: list[str] | None = None) -> None:
         f"{args.image_size}x{args.image_size} inputs, width {args.width}, drop_prob {DROP_PROB}, "
         f"median of {args.repeats}{versions}\n"
     )
-    print(table(variants, medians))
+    print(table(variants, timings))
 
 
 if __name__ == "__main__":

@@ -19,7 +19,8 @@ DENSE_ABOVE = 1 / 16
 TRACED_RATE_CAP = 1 / 32
 # Grids smaller than this are drawn densely: nothing to save, and a simpler program to compile.
 SPARSE_MIN_SIZE = 1 << 14
-# Positions are counted in int32 up to ``size + 1``: larger grids are drawn densely.
+# Positions are counted in int32 up to ``size + 1`` (JAX's sampler saturates its sums there
+# without overflowing): larger grids are drawn densely.
 SPARSE_MAX_SIZE = 2**31 - 2
 
 

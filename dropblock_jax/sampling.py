@@ -46,9 +46,10 @@ def _sparse(key: jax.Array, gamma: jax.Array, size: int, budget: int, packing: P
     # (``checkify`` stays quiet) and no NaN gap that could stall the loop.
     has_seeds = log_failure < 0
     safe_log_failure = jnp.where(has_seeds, log_failure, -1.0)
-    # Sums saturate past the end (associative, since every term is non-negative), so int32 never
-    # overflows and the last position reaches ``size`` once the sequence is complete.
-    saturating_sum = lambda a, b: jnp.minimum(a + b, size + 1)  # noqa: E731
+    # Sums saturate at ``size + 1`` (associative, since every term is non-negative) without
+    # forming a sum above it, so int32 never overflows (``size + 1 <= 2**31 - 1``) and the last
+    # position reaches ``size`` once the sequence is complete.
+    saturating_sum = lambda a, b: jnp.where(a > size + 1 - b, size + 1, a + b)  # noqa: E731
 
     def another_round(state):
         words, last, round_key = state
@@ -57,7 +58,10 @@ def _sparse(key: jax.Array, gamma: jax.Array, size: int, budget: int, packing: P
         # Failures before each success, by inversion.
         gaps = jnp.where(has_seeds, jnp.minimum(jnp.floor(jnp.log(uniform) / safe_log_failure), size), size)
         gaps = gaps.astype(jnp.int32)
-        positions = lax.associative_scan(saturating_sum, gaps.at[0].add(last + 1) + 1) - 1
+        # Steps between positions, the first from ``last``, each at most ``size + 1``: a first
+        # gap running past the end is cut to the end.
+        first = jnp.minimum(gaps[0], size - 1 - last) + last + 2
+        positions = lax.associative_scan(saturating_sum, (gaps + 1).at[0].set(first)) - 1
         # Positions are distinct, so adding their bits is OR-ing them; the ones past the end
         # all land in one spare word.
         inside = jnp.minimum(positions, size)

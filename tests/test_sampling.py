@@ -53,6 +53,18 @@ def test_sparse_counts_and_positions_are_bernoulli(gamma, budget, packing):
 
 
 @pytest.mark.slow
+def test_sparse_runs_to_the_end_of_the_largest_grid_it_is_given():
+    # Positions near 2**31 must not overflow int32: the loop would never end, or bits would land
+    # in wrapped words. A small budget forces several rounds, each continuing from the last.
+    size, gamma, budget = policy.SPARSE_MAX_SIZE - 30, 2e-6, 1024
+    words = jax.jit(lambda key: sampling._sparse(key, jnp.float32(gamma), size, budget, PACKED))(jax.random.key(3))
+    per_half = [int(jax.lax.population_count(half).sum()) for half in jnp.split(words[: size // 64 * 2], 2)]
+    expected = size * gamma / 2  # about 2150 seeds per half; z-scores of 5 below
+    for count in per_half:
+        assert abs(count - expected) < 5 * np.sqrt(expected), per_half
+
+
+@pytest.mark.slow
 def test_sparse_edge_rates():
     key = jax.random.key(1)
     for packing in (bitmask.UNPACKED, PACKED):

@@ -164,7 +164,9 @@ class DropBlock(nn.Module):
                 step_variable.value = step_variable.value + 1
         elif rate is None:
             rate = self.drop_prob
-        if rng is None and not self.has_rng(self.rng_collection):
+        # ``make_rng`` falls back to the "params" stream, so ``model.init(key, x)`` in training
+        # mode works, as it does with ``linen.Dropout``.
+        if rng is None and not (self.has_rng(self.rng_collection) or self.has_rng("params")):
             if functional.concrete_zero(rate):
                 return x
             raise ValueError(

@@ -242,13 +242,13 @@ class DropBlock(nnx.Module):
         if validation.check_flag(deterministic, "deterministic"):
             return x
         rate = self._rate() if drop_prob is None else drop_prob
-        if self.step is not None and self.schedule is not None and self.auto_step:
-            self.step[...] = self.step[...] + 1
         key = self._key(rngs)
+        if key is None and not functional.concrete_zero(rate):
+            raise ValueError(_NO_RNG)  # before the step moves: a failed call changes nothing
+        if drop_prob is None and self.step is not None and self.schedule is not None and self.auto_step:
+            self.step[...] = self.step[...] + 1  # a training call that read the schedule
         if key is None:
-            if functional.concrete_zero(rate):
-                return x
-            raise ValueError(_NO_RNG)
+            return x
         return functional.layer_dropblock(
             x,
             key,

@@ -177,3 +177,9 @@ def test_training_without_a_key_says_how_to_pass_one():
     with pytest.raises(ValueError, match=r"no random key: pass rngs=\{'dropout': key\} to apply"):
         layer.apply({}, X, deterministic=False)
     np.testing.assert_array_equal(DropBlock(0.0, 3).apply({}, X, deterministic=False), X)  # nothing to draw
+
+
+def test_init_in_training_mode_falls_back_to_the_params_rng_as_dropout_does():
+    layer, reference = DropBlock(0.1, 3, deterministic=False), nn.Dropout(0.1, deterministic=False)
+    reference.init(jax.random.key(0), X)  # linen.Dropout draws from "params" when "dropout" is missing
+    assert layer.init(jax.random.key(0), X) == {}

@@ -67,6 +67,18 @@ def test_schedule_step_advances_in_training_only():
     assert int(layer.step[...]) == 7
 
 
+def test_the_step_moves_only_on_calls_that_read_the_schedule():
+    layer = DropBlock(schedules.ramp(0.3, 5), 3, rngs=nnx.Rngs(dropout=0))
+    layer.step[...] = 3
+    layer(X, drop_prob=0.2)  # an explicit rate: the schedule is not read
+    assert int(layer.step[...]) == 3
+    keyless = DropBlock(schedules.ramp(0.3, 5), 3)
+    keyless.step[...] = 3
+    with pytest.raises(ValueError, match="no random key|rngs"):
+        keyless(X)
+    assert int(keyless.step[...]) == 3  # a failed call changes nothing
+
+
 def test_a_changing_step_never_retraces_a_jitted_train_step():
     traces = []
     layer = DropBlock(schedules.ramp(0.2, 4), 3, calibrate=True, rngs=nnx.Rngs(dropout=0))

@@ -35,7 +35,9 @@ class ConcreteRates(NamedTuple):
     """The seed rate and the expected dropped fraction of a concrete ``drop_prob``, as float32 scalars.
 
     Worked out in float64 before tracing (``rates.float32_rates``) and passed to the compiled
-    program as arguments (a pytree of two scalars), so a new concrete rate does not recompile.
+    program as arguments (a pytree of two scalars): a new concrete rate recompiles only when it
+    moves the sparse sampler's static budget to another power-of-two bucket of gamma (or to the
+    dense draw), so a ramp of ``drop_prob`` compiles a few programs, not one per value.
     Where ``dropblock`` takes a rate as this record, a traced rate is None instead: then both
     values are worked out in float32 inside the program.
 
@@ -89,7 +91,7 @@ def _check_real_scalar(value: object, name: str) -> None:
     if dtype is not None and not (jnp.issubdtype(dtype, jnp.floating) or jnp.issubdtype(dtype, jnp.integer)):
         raise TypeError(f"{name} must be a real number in [0, 1], got {name} of dtype {dtype}: {value!r}.")
     if np.ndim(value) != 0:
-        raise ValueError(f"{name} must be a scalar, got an array of shape {np.shape(value)}.")
+        raise ValueError(f"{name} must be a scalar, got an array of shape {np.shape(value)}: {name}={value!r}.")
 
 
 def concrete_drop_prob(drop_prob: jax.typing.ArrayLike) -> float | None:

@@ -66,12 +66,24 @@ def _check_floating(x: jax.Array) -> None:
         )
 
 
+@functools.cache
+def _raw_key_shape(implementation: str) -> tuple[int, ...]:
+    """The shape of a raw key (``jax.random.PRNGKey``) of the default PRNG ``implementation``: (2,) for threefry."""
+    return jax.eval_shape(lambda: jax.random.key_data(jax.random.key(0))).shape
+
+
 def is_key(key: object) -> bool:
-    """Whether ``key`` is one JAX PRNG key: a typed key array of shape (), or a raw uint32 one."""
+    """Whether ``key`` is one JAX PRNG key: a typed key array of shape (), or a raw uint32 one.
+
+    Examples:
+      >>> is_key(jax.random.key(0)), is_key(jax.random.PRNGKey(0)), is_key(np.zeros(7, np.uint32))
+      (True, True, False)
+    """
     dtype, shape = getattr(key, "dtype", None), getattr(key, "shape", None)
     if dtype is not None and jnp.issubdtype(dtype, jax.dtypes.prng_key) and shape == ():
         return True
-    return dtype == np.uint32 and shape is not None and len(shape) == 1  # a raw jax.random.PRNGKey
+    # A raw jax.random.PRNGKey: uint32 words, as many as the default implementation's key has.
+    return dtype == np.uint32 and shape == _raw_key_shape(jax.config.jax_default_prng_impl)
 
 
 def _check_key(key: object, name: str = "key") -> None:

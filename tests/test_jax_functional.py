@@ -281,6 +281,8 @@ KEY = jax.random.key(0)
         (lambda: dj.dropblock(X, 0, 0.1, 3), TypeError, r"key=0"),
         (lambda: dj.dropblock(X, jnp.zeros(2, jnp.float32), 0.1, 3), TypeError, r"key must be one JAX PRNG key"),
         (lambda: dj.dropblock(X, jax.random.split(KEY, 3), 0.1, 3), TypeError, r"jax\.vmap"),
+        # uint32 words, but not as many as a raw key of the default implementation has.
+        (lambda: dj.dropblock(X, np.zeros(7, np.uint32), 0.1, 3), TypeError, r"key must be one JAX PRNG key"),
         (lambda: dj.dropblock(X, KEY, 0.1, 3, seed_region="same"), ValueError, r"seed_region='same'"),
         (lambda: dj.dropblock(X, KEY, 0.1, 3, normalize="mean"), ValueError, r"normalize='mean'"),
         (lambda: dj.apply_seeds(X, jnp.ones((2, 8, 8, 3), bool), 3), ValueError, r"seeds\.shape=\(2, 8, 8, 3\)"),

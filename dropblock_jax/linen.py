@@ -39,10 +39,9 @@ from flax.core import FrozenDict
 
 from dropblock_common import validation
 from dropblock_common.options import DropBlockOptions
-from dropblock_jax import functional
+from dropblock_jax import functional, schedules
 
 COLLECTION = "dropblock"
-_INT32_MAX = 2**31 - 1
 
 
 def _frozen_step_message(name: str | None) -> str:
@@ -212,12 +211,7 @@ def set_step(variables: Mapping[str, Any], step: jax.typing.ArrayLike) -> Mappin
             f"variables has no {COLLECTION!r} collection: the model has no DropBlock with a schedule, or the "
             "variables do not come from model.init."
         )
-    if isinstance(step, int) and not isinstance(step, bool):
-        step = min(max(step, 0), _INT32_MAX)
-    step = jnp.asarray(step)
-    if not jnp.issubdtype(step.dtype, jnp.integer) or step.ndim != 0:
-        raise TypeError(f"step must be one integer, got step={step!r}.")
-    step = step.astype(jnp.int32)
+    step = schedules.step_value(step)
 
     def replace(path: tuple, leaf: Any) -> Any:
         name = getattr(path[-1], "key", None) if path else None

@@ -47,7 +47,6 @@ step from the optimizer's at the start of each step:
 
 from __future__ import annotations
 
-import numbers
 from collections.abc import Callable, Sequence
 
 import jax
@@ -57,7 +56,7 @@ from flax import nnx
 
 from dropblock_common import validation
 from dropblock_common.options import DropBlockOptions
-from dropblock_jax import functional
+from dropblock_jax import functional, schedules
 
 _NO_RNG = (
     "DropBlock is in training mode (deterministic=False) but has no random key. Either pass "
@@ -68,7 +67,6 @@ _NO_DETERMINISTIC = (
     "No `deterministic` argument was given to DropBlock. Pass deterministic=True/False to the "
     "constructor or to the call, or use model.train() / model.eval() or nnx.view(model, deterministic=...)."
 )
-_INT32_MAX = 2**31 - 1
 
 
 class ScheduleStep(nnx.Variable):
@@ -311,12 +309,7 @@ def set_step(model: nnx.Module, step: jax.typing.ArrayLike | nnx.Variable) -> No
     """
     if isinstance(step, nnx.Variable):
         step = step[...]
-    if isinstance(step, numbers.Integral) and not isinstance(step, bool):
-        step = min(max(int(step), 0), _INT32_MAX)
-    step = jnp.asarray(step)
-    if not jnp.issubdtype(step.dtype, jnp.integer) or step.ndim != 0:
-        raise TypeError(f"step must be one integer, got step={step!r}.")
-    step = step.astype(jnp.int32)
+    step = schedules.step_value(step)
     for _, node in nnx.iter_graph(model):
         if isinstance(node, DropBlock) and node.schedule is not None and node.step is not None:
             node.step[...] = step

@@ -8,6 +8,7 @@ are small picklable objects: a model that holds one pickles and deep-copies.
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Callable
 
 import jax
@@ -74,3 +75,29 @@ def ramp(drop_prob: float, total_steps: int) -> Schedule:
       [0.0, 0.05, 0.1, 0.1]
     """
     return _Schedule(schedules.Ramp.of(drop_prob, total_steps))
+
+
+# A layer's step is an int32 variable; schedules are constant past their end, so larger steps clip.
+_INT32_MAX = 2**31 - 1
+
+
+def step_value(step: object) -> jax.Array:
+    """``step`` as the int32 scalar a layer's step variable holds (``set_step`` of NNX and Linen).
+
+    Integers (Python or numpy) are clipped to [0, 2**31 - 1]: past a schedule's end its value
+    no longer changes, so a clipped step reads the same ``drop_prob``.
+
+    Raises:
+      TypeError: for anything but one integer, naming ``step`` and its value.
+
+    Examples:
+      >>> import numpy as np
+      >>> int(step_value(5)), int(step_value(10**12)), step_value(np.int64(3)).dtype
+      (5, 2147483647, dtype('int32'))
+    """
+    if isinstance(step, numbers.Integral) and not isinstance(step, bool):
+        step = min(max(int(step), 0), _INT32_MAX)
+    step = jnp.asarray(step)
+    if not jnp.issubdtype(step.dtype, jnp.integer) or step.ndim != 0:
+        raise TypeError(f"step must be one integer, got step={step!r}.")
+    return step.astype(jnp.int32)

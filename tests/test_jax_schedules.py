@@ -88,3 +88,15 @@ def test_any_optax_schedule_is_a_drop_prob_schedule():
 def test_bad_hyperparameters_fail_when_the_schedule_is_built(call, match):
     with pytest.raises(ValueError, match=match):
         call()
+
+
+def test_both_flax_set_steps_clip_numpy_integers_alike():
+    from dropblock_jax import linen, nnx
+
+    big = np.int64(10**12)
+    variables = linen.set_step({"dropblock": {"layer": {"step": jnp.int32(0)}}}, big)
+    layer = nnx.DropBlock(schedules.ramp(0.1, 10), 3)
+    nnx.set_step(layer, big)
+    assert int(variables["dropblock"]["layer"]["step"]) == int(layer.step[...]) == 2**31 - 1
+    with pytest.raises(TypeError, match=r"step=Array\(0\.5"):
+        schedules.step_value(0.5)

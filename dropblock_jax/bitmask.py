@@ -144,7 +144,7 @@ def unset_count(
     all axes (or all but the first). Groups of fewer than 2**31 positions are counted in one
     int32 sum; larger ones (which would overflow it) in int32 sums over chunks of at most
     ``chunk`` positions (default 2**30), whose total is carried exactly as two int32 halves,
-    so a count is right up to 2**46 positions and correctly rounded to float32 below 2**39.
+    so a count is right below 2**46 positions and correctly rounded to float32 below 2**39.
 
     Args:
       words: a packed grid.

@@ -133,6 +133,11 @@ def interleaved_medians(
 GPU_CALLS_PER_TIMING = 10
 
 
+def timing_settings(on_cpu: bool) -> tuple[Callable[[], None] | None, int]:
+    """``interleaved_medians``' ``before_each`` and ``calls``: flush caches, one call (CPU); else batches of calls."""
+    return (evict_caches, 1) if on_cpu else (None, GPU_CALLS_PER_TIMING)
+
+
 def torch_peak_mb(run: Callable[[], object], device: torch.device) -> float:
     """The most memory one call holds at once beyond what existed before it, in MB."""
     if device.type == "cuda":
@@ -213,8 +218,7 @@ def jax_rows(case: Case, repeats: int, device: jax.Device) -> list[Row]:
             name: jax.jit(jax.grad(lambda x, key, f=function: jnp.sum(f(x, key) * weights))).lower(x, key).compile()
             for name, function in functions.items()
         }
-        cpu = device.platform == "cpu"
-        flush, calls = (evict_caches, 1) if cpu else (None, GPU_CALLS_PER_TIMING)
+        flush, calls = timing_settings(device.platform == "cpu")
         forward_ms, backward_ms = (
             interleaved_medians({n: (lambda f=f: f(x, key)) for n, f in jitted.items()}, repeats, sync, flush, calls)
             for jitted in (forwards, backwards)
@@ -292,7 +296,7 @@ def torch_rows(case: Case, repeats: int, device: torch.device, compiled: bool = 
     leaf, gradient = x.clone().requires_grad_(), torch.rand_like(x)
     forwards = {name: (lambda f=function: f(x)) for name, function in functions.items()}
     backwards = {name: (lambda f=function: f(leaf).backward(gradient)) for name, function in functions.items()}
-    flush, calls = (evict_caches, 1) if device.type == "cpu" else (None, GPU_CALLS_PER_TIMING)
+    flush, calls = timing_settings(device.type == "cpu")
     forward_ms = interleaved_medians(forwards, repeats, sync, flush, calls)
     backward_ms = interleaved_medians(backwards, repeats, sync, flush, calls)
     return [

@@ -9,5 +9,10 @@ runs both and writes a report; ``pytest parity_tests`` runs the same checks with
 """
 
 import importlib.metadata
+import os
+
+# Both frameworks share a GPU: JAX allocates what it uses instead of 75% of it at its first use.
+# Set here, before any of the suite's modules imports jax (the command, the pytest conftest).
+os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 
 __version__ = importlib.metadata.version("dropblock-jax")

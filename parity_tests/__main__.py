@@ -8,7 +8,6 @@ check fails.
 from __future__ import annotations
 
 import argparse
-import os
 import pathlib
 import sys
 import time
@@ -89,8 +88,6 @@ def main(argv: list[str] | None = None) -> int:
     if args.draws < 64:
         parser.error(f"--draws must be at least 64, got --draws={args.draws}.")
 
-    # Both frameworks share a GPU: JAX allocates what it uses instead of 75% of it up front.
-    os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
     # Imported only now, so that --help and a bad option answer without loading jax and torch.
     from parity_tests import devices as device_choice
     from parity_tests import report, statistical

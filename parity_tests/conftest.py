@@ -4,10 +4,7 @@ import os
 
 import pytest
 
-# Both frameworks share a GPU: JAX allocates what it uses instead of 75% of it up front.
-os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
-
-from parity_tests import devices  # noqa: E402  (imports jax, which reads the setting above)
+from parity_tests import devices
 
 
 @pytest.fixture(scope="session")

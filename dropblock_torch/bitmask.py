@@ -88,10 +88,14 @@ def unpack(words: torch.Tensor, packing: Packing) -> torch.Tensor:
     """The boolean grid ``(N, C, *grid)`` that ``words`` hold."""
     if packing.bits == 1:
         return words
-    bits = words.unsqueeze(2) >> _shifts(words.device, words.dim() + 1)
     if torch.compiler.is_compiling() or torch.compiler.is_exporting():
-        flags = (bits & 1) != 0  # fused into the pass that reads the mask
+        # Fused into the pass that reads the mask. In int32 lanes: inductor's C++ backend
+        # vectorises a condition built from int32 at the speed of a plain product, one built
+        # from bytes at a fraction of it (it widens byte masks lane by lane).
+        shifts = _shifts(words.device, words.dim() + 1).to(torch.int32)
+        flags = ((words.to(torch.int32).unsqueeze(2) >> shifts) & 1) != 0
     else:
+        bits = words.unsqueeze(2) >> _shifts(words.device, words.dim() + 1)
         flags = bits.bitwise_and_(1).view(torch.bool)  # 0 or 1 in a byte is a bool: no second pass
     return flags.flatten(1, 2)
 
@@ -221,11 +225,11 @@ def dilate(words: torch.Tensor, blocks: Sequence[int], paddings: Sequence[tuple[
         return words
     flat_paddings = [side for pair in paddings for side in pair]
     if torch.compiler.is_compiling() or torch.compiler.is_exporting():
-        # A conversion and a comparison, not bool views: inductor before torch 2.13 cannot lower
-        # a view of bools as bytes, and its C++ backend cannot vectorise a byte buffer read as
-        # bools (``Vectorized<bool>`` has no conversions). Both fuse into their neighbours.
+        # Conversions and a comparison, not bool views: inductor before torch 2.13 cannot lower
+        # a view of bools as bytes, and its C++ backend vectorises a condition built from bytes
+        # or bools poorly, from int32 well (see ``unpack``). All fuse into their neighbours.
         dilated = _dilate_op(words.to(torch.uint8), list(blocks), flat_paddings)
-        return dilated != 0 if words.dtype == torch.bool else dilated
+        return dilated.to(torch.int32) != 0 if words.dtype == torch.bool else dilated
     as_bytes = words.view(torch.uint8) if words.dtype == torch.bool else words
     dilated = _dilate_bytes(as_bytes, blocks, flat_paddings)
     return dilated.view(torch.bool) if words.dtype == torch.bool else dilated

@@ -162,10 +162,11 @@ _SAME_WIDTH_INT[torch.bfloat16] = torch.int16
 class _ZeroBits(torch.autograd.Function):
     """``where(dropped, +0, x)`` as an AND of ``x``'s bits with 0 (dropped) or all ones (kept), and its gradient.
 
-    Under ``torch.compile`` inductor vectorises the AND (and the unpacking of the mask before
-    it) into the one pass over ``x`` at the speed of a plain product, where a ``where`` on a
-    boolean mask runs about twice as slow on the CPU. All bits cleared is +0; a kept unit keeps
-    its bits, so the result is ``where``'s to the bit.
+    Used eagerly for a mask shared by the channels: the AND of ``x``'s integer view with a
+    broadcast integer mask (the mask's size, not ``x``'s) is one vectorised pass, where a
+    ``where`` on a broadcast boolean mask is slower on the CPU. All bits cleared is +0; a kept
+    unit keeps its bits, so the result is ``where``'s to the bit. (Compiled code uses ``where``:
+    inductor's C++ backend scalarises bit casts.)
     """
 
     generate_vmap_rule = True
@@ -191,11 +192,14 @@ def _zero_bits(x: torch.Tensor, dropped: torch.Tensor) -> torch.Tensor:
 
 def _zeroed(x: torch.Tensor, dropped: torch.Tensor, compute: torch.dtype, inplace: bool) -> torch.Tensor:
     """``x`` in ``compute`` with +0 written where ``dropped`` (broadcast over shared dims), into ``x`` if it may."""
-    if inplace and x.dtype == compute and not _tracing():
+    if _tracing():
+        # Fused with the unpacking of the mask into one pass over ``x`` (``bitmask.unpack``).
+        return torch.where(dropped, 0.0, x.to(compute))
+    if inplace and x.dtype == compute:
         return x.masked_fill_(dropped, 0)
-    # Compiled, and eagerly for a mask shared by the channels (whose integer form is small), an
-    # AND of the bits is one vectorised pass; eagerly a mask per unit is cheaper through where.
-    if _tracing() or dropped.numel() * 2 <= x.numel():
+    # For a mask shared by the channels (whose integer form is small), an AND of the bits is
+    # one vectorised pass; a mask per unit is cheaper through where.
+    if dropped.numel() * 2 <= x.numel():
         return _ZeroBits.apply(x, dropped).to(compute)
     return torch.where(dropped, 0.0, x.to(compute))
 

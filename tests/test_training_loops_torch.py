@@ -455,6 +455,41 @@ def test_compiled_timm_resnet18_with_the_paper_block_trains():
     assert np.isfinite(losses).all() and int(model.layer3[1].step) == 3
 
 
+def _bits(t: torch.Tensor) -> np.ndarray:
+    return t.detach().numpy().view(np.int32)
+
+
+@pytest.mark.parametrize("channels, seed_channels", [(16, 16), (6, 6), (16, 1)], ids=["packed", "unpacked", "shared"])
+@pytest.mark.parametrize("normalize", ["batch", "none"])
+def test_inductor_applies_seeds_bit_for_bit_as_eager_mode(channels, seed_channels, normalize):
+    # Compiled code builds its condition differently (see bitmask.unpack); the bits must not
+    # change: +0 at dropped units (negative ones too), non-finite values there become 0,
+    # kept ones are scaled alike, and the gradient is the same function of the gradient.
+    generator = torch.Generator().manual_seed(3)
+    x = torch.randn(4, channels, 12, 12, generator=generator)
+    x[:, :, 0::5, 1::4] = float("inf")
+    x[:, :, 2::5, 3::4] = float("nan")
+    seeds = torch.rand(4, seed_channels, 10, 10, generator=generator) < 0.05
+    grad = torch.randn(x.shape, generator=generator)
+
+    def run(function):
+        leaf = x.clone().requires_grad_()
+        out = function(leaf, seeds)
+        out.backward(grad)
+        return out, leaf.grad
+
+    def apply(x, seeds):
+        return dt.apply_seeds(x, seeds, 3, normalize=normalize)
+
+    eager_out, eager_grad = run(apply)
+    compiled_out, compiled_grad = run(torch.compile(apply, fullgraph=True))
+    dropped = eager_out == 0
+    assert dropped.any() and (~torch.isfinite(x) & dropped).any()
+    np.testing.assert_array_equal(_bits(compiled_out), _bits(eager_out))
+    np.testing.assert_array_equal(_bits(compiled_grad), _bits(eager_grad))
+    assert not torch.signbit(eager_out[dropped]).any()
+
+
 @pytest.mark.slow
 def test_inductor_trains_new_layers_on_new_batch_and_channel_counts_with_sparse_seeds():
     # Layers compiled one after another share DropBlock's forward: the second shape compiles it

@@ -89,14 +89,35 @@ def unpack(words: torch.Tensor, packing: Packing) -> torch.Tensor:
     if packing.bits == 1:
         return words
     if torch.compiler.is_compiling() or torch.compiler.is_exporting():
-        # Fused into the pass that reads the mask. In int32 lanes: inductor's C++ backend
-        # vectorises a condition built from int32 at the speed of a plain product, one built
-        # from bytes at a fraction of it (it widens byte masks lane by lane).
-        shifts = _shifts(words.device, words.dim() + 1).to(torch.int32)
-        flags = ((words.to(torch.int32).unsqueeze(2) >> shifts) & 1) != 0
+        return _traced_unpack(words)
     else:
         bits = words.unsqueeze(2) >> _shifts(words.device, words.dim() + 1)
         flags = bits.bitwise_and_(1).view(torch.bool)  # 0 or 1 in a byte is a bool: no second pass
+    return flags.flatten(1, 2)
+
+
+def _traced_unpack(words: torch.Tensor) -> torch.Tensor:
+    """``unpack`` of bytes for inductor, which fuses it into the pass that reads the mask.
+
+    In int32 lanes: inductor's C++ backend vectorises a condition built from int32 at the speed
+    of a plain product, one built from bytes at a fraction of it (it widens byte masks lane by
+    lane). Where the channel count is a multiple of 32, four bytes make one word of 32 channels,
+    so that channel ``c`` is bit ``c % 32`` of word ``c // 32``: then a kernel that runs along
+    the channels (``x`` channels-last, as inductor lays out a conv model's activations) reads
+    one word per vector of channels, where ``c // 8`` (a byte per 8 channels) is not constant
+    over a vector and costs a load per unit. A kernel along the last spatial dim reads either
+    form contiguously.
+    """
+    ndim = words.dim()
+    wide = words.to(torch.int32)
+    if words.shape[1] % 4 == 0:
+        byte_shifts = (8 * torch.arange(4, dtype=torch.int32, device=words.device)).reshape(4, *(1,) * (ndim - 2))
+        # Distinct bits, so the sum is their OR; the top byte may set the sign bit, which the
+        # shift below drags along and the & 1 clears.
+        wide = (wide.unflatten(1, (-1, 4)) << byte_shifts).sum(2, dtype=torch.int32)
+    per_word = 32 if words.shape[1] % 4 == 0 else BITS
+    shifts = torch.arange(per_word, dtype=torch.int32, device=words.device).reshape(per_word, *(1,) * (ndim - 2))
+    flags = ((wide.unsqueeze(2) >> shifts) & 1) != 0
     return flags.flatten(1, 2)
 
 

@@ -459,9 +459,14 @@ def _bits(t: torch.Tensor) -> np.ndarray:
     return t.detach().numpy().view(np.int32)
 
 
-@pytest.mark.parametrize("channels, seed_channels", [(16, 16), (6, 6), (16, 1)], ids=["packed", "unpacked", "shared"])
+@pytest.mark.parametrize(
+    "channels, seed_channels",
+    [(16, 16), (64, 64), (6, 6), (64, 1)],
+    ids=["bytes", "words of 32 channels", "unpacked", "shared"],
+)
+@pytest.mark.parametrize("channels_last", [False, True], ids=["contiguous", "channels-last"])
 @pytest.mark.parametrize("normalize", ["batch", "none"])
-def test_inductor_applies_seeds_bit_for_bit_as_eager_mode(channels, seed_channels, normalize):
+def test_inductor_applies_seeds_bit_for_bit_as_eager_mode(channels, seed_channels, channels_last, normalize):
     # Compiled code builds its condition differently (see bitmask.unpack); the bits must not
     # change: +0 at dropped units (negative ones too), non-finite values there become 0,
     # kept ones are scaled alike, and the gradient is the same function of the gradient.
@@ -469,6 +474,8 @@ def test_inductor_applies_seeds_bit_for_bit_as_eager_mode(channels, seed_channel
     x = torch.randn(4, channels, 12, 12, generator=generator)
     x[:, :, 0::5, 1::4] = float("inf")
     x[:, :, 2::5, 3::4] = float("nan")
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
     seeds = torch.rand(4, seed_channels, 10, 10, generator=generator) < 0.05
     grad = torch.randn(x.shape, generator=generator)
 
@@ -485,8 +492,9 @@ def test_inductor_applies_seeds_bit_for_bit_as_eager_mode(channels, seed_channel
     compiled_out, compiled_grad = run(torch.compile(apply, fullgraph=True))
     dropped = eager_out == 0
     assert dropped.any() and (~torch.isfinite(x) & dropped).any()
-    np.testing.assert_array_equal(_bits(compiled_out), _bits(eager_out))
-    np.testing.assert_array_equal(_bits(compiled_grad), _bits(eager_grad))
+    np.testing.assert_array_equal(_bits(compiled_out.contiguous()), _bits(eager_out.contiguous()))
+    np.testing.assert_array_equal(_bits(compiled_grad.contiguous()), _bits(eager_grad.contiguous()))
+    assert compiled_out.stride() == eager_out.stride()
     assert not torch.signbit(eager_out[dropped]).any()
 
 

@@ -131,12 +131,21 @@ def _dropped_words(seeds: torch.Tensor, layout: layouts.Layout, seed_region: str
 _CHANNELS_LAST = {4: torch.channels_last, 5: torch.channels_last_3d}
 
 
-def _like_x(out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """``out`` in the memory format of ``x`` (channels_last stays channels_last)."""
+def _channels_last_format(x: torch.Tensor) -> torch.memory_format | None:
+    """The channels-last memory format ``x`` is in, or None."""
     memory_format = _CHANNELS_LAST.get(x.dim())
     if memory_format is not None and not x.is_contiguous() and x.is_contiguous(memory_format=memory_format):
-        return out.contiguous(memory_format=memory_format)
-    return out
+        return memory_format
+    return None
+
+
+def _in_format(out: torch.Tensor, memory_format: torch.memory_format | None) -> torch.Tensor:
+    return out if memory_format is None else out.contiguous(memory_format=memory_format)
+
+
+def _like_x(out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """``out`` in the memory format of ``x`` (channels_last stays channels_last)."""
+    return _in_format(out, _channels_last_format(x))
 
 
 def _scale(words: torch.Tensor, packing: bitmask.Packing, normalize: str, expected_drop, compute: torch.dtype):
@@ -194,7 +203,10 @@ def _zeroed(x: torch.Tensor, dropped: torch.Tensor, compute: torch.dtype, inplac
     """``x`` in ``compute`` with +0 written where ``dropped`` (broadcast over shared dims), into ``x`` if it may."""
     if _tracing():
         # Fused with the unpacking of the mask into one pass over ``x`` (``bitmask.unpack``).
-        return torch.where(dropped, 0.0, x.to(compute))
+        # masked_fill, not where: its output (and its gradient) follow the memory format of
+        # ``x`` (and of the incoming gradient), which inductor makes channels-last in conv
+        # models; where's would follow the mask and transpose every unit.
+        return x.to(compute).masked_fill(dropped, 0.0)
     if inplace and x.dtype == compute:
         return x.masked_fill_(dropped, 0)
     # For a mask shared by the channels (whose integer form is small), an AND of the bits is
@@ -205,12 +217,15 @@ def _zeroed(x: torch.Tensor, dropped: torch.Tensor, compute: torch.dtype, inplac
 
 
 class _ZeroedScaled(torch.autograd.Function):
-    """``where(dropped, 0, x) * scale`` in eager mode, whose backward is the same function of the gradient.
+    """``where(dropped, 0, x) * scale``, whose backward is the same function of the gradient.
 
-    Autograd's own chain (a ``where``, then a product) allocates a full-size tensor for each of
-    its two backward steps; this allocates one, so a training step holds no more than with
-    dropout. At dropped units the gradient is ``0 * scale``: 0, since a scale is finite
-    whenever anything is dropped.
+    Eagerly, autograd's own chain (a ``where``, then a product) allocates a full-size tensor for
+    each of its two backward steps; this allocates one, so a training step holds no more than
+    with dropout. Each result takes the memory format of its input: the output that of ``x``,
+    the gradient that of ``x`` (autograd's chain, and torch.compile's tracing of this function,
+    which hands it a contiguous gradient, would return a contiguous gradient for a
+    channels-last ``x``, and inductor would then transpose it unit by unit). At dropped units
+    the gradient is ``0 * scale``: 0, since a scale is finite whenever anything is dropped.
     """
 
     generate_vmap_rule = True
@@ -222,17 +237,18 @@ class _ZeroedScaled(torch.autograd.Function):
     @staticmethod
     def setup_context(ctx, inputs, output) -> None:
         ctx.save_for_backward(inputs[1], inputs[2])
+        ctx.memory_format = _channels_last_format(inputs[0])
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
         dropped, scale = ctx.saved_tensors
-        return _zeroed_scaled(grad, dropped, scale), None, None
+        return _in_format(_zeroed_scaled(grad, dropped, scale), ctx.memory_format), None, None
 
 
 def _zeroed_scaled(x: torch.Tensor, dropped: torch.Tensor, scale: torch.Tensor | None) -> torch.Tensor:
     compute = x.dtype if scale is None else scale.dtype
     out = _zeroed(x, dropped, compute, inplace=False)
-    return (out if scale is None else out.mul_(scale)).to(x.dtype)
+    return _like_x((out if scale is None else out.mul_(scale)).to(x.dtype), x)
 
 
 def _normalized(x: torch.Tensor, dropped: torch.Tensor, scale: torch.Tensor | None, inplace: bool) -> torch.Tensor:
@@ -245,16 +261,15 @@ def _normalized(x: torch.Tensor, dropped: torch.Tensor, scale: torch.Tensor | No
     factor or float copy of the mask is allocated, and in eager mode a ``where`` then an
     in-place product is cheaper on the CPU than a product then ``masked_fill_``.
     """
-    if not inplace and not _tracing():
-        return _like_x(_ZeroedScaled.apply(x, dropped, scale), x)
+    if not inplace:
+        return _ZeroedScaled.apply(x, dropped, scale)
     compute = x.dtype if scale is None else scale.dtype
     out = _zeroed(x, dropped, compute, inplace)
     if scale is not None:
         out = out.mul_(scale)
     if out is x:
         return x
-    out = out.to(x.dtype)
-    return x.copy_(out) if inplace else _like_x(out, x)
+    return x.copy_(out.to(x.dtype))
 
 
 def _apply(x, words, packing, layout, seed_region, normalize, noise, generator, expected_drop, inplace, poison=None):

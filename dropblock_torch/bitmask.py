@@ -52,9 +52,9 @@ def packing(channels) -> Packing:
     return PACKED if channels % BITS == 0 else UNPACKED
 
 
-def _shifts(device: torch.device, ndim: int) -> torch.Tensor:
-    """``0..7`` as uint8, shaped to broadcast along the bit axis (axis 2) of ``ndim`` dims."""
-    return torch.arange(BITS, dtype=torch.uint8, device=device).reshape(BITS, *(1,) * (ndim - 3))
+def _shifts(device: torch.device, ndim: int, count: int = BITS, dtype: torch.dtype = torch.uint8) -> torch.Tensor:
+    """``0..count-1`` as ``dtype``, shaped to broadcast along axis 2 (the bit axis) of ``ndim`` dims."""
+    return torch.arange(count, dtype=dtype, device=device).reshape(count, *(1,) * (ndim - 3))
 
 
 def pack_flat(flags: torch.Tensor, packing: Packing) -> torch.Tensor:
@@ -108,17 +108,16 @@ def _traced_unpack(words: torch.Tensor) -> torch.Tensor:
     over a vector and costs a load per unit. A kernel along the last spatial dim reads either
     form contiguously.
     """
-    ndim = words.dim()
-    wide = words.to(torch.int32)
+    wide, bits_per_word = words.to(torch.int32), BITS
     if words.shape[1] % 4 == 0:
-        byte_shifts = (8 * torch.arange(4, dtype=torch.int32, device=words.device)).reshape(4, *(1,) * (ndim - 2))
+        bytes_per_word = 4
+        byte_shifts = BITS * _shifts(words.device, words.dim() + 1, bytes_per_word, torch.int32)
         # Distinct bits, so the sum is their OR; the top byte may set the sign bit, which the
         # shift below drags along and the & 1 clears.
-        wide = (wide.unflatten(1, (-1, 4)) << byte_shifts).sum(2, dtype=torch.int32)
-    per_word = 32 if words.shape[1] % 4 == 0 else BITS
-    shifts = torch.arange(per_word, dtype=torch.int32, device=words.device).reshape(per_word, *(1,) * (ndim - 2))
-    flags = ((wide.unsqueeze(2) >> shifts) & 1) != 0
-    return flags.flatten(1, 2)
+        wide = (wide.unflatten(1, (-1, bytes_per_word)) << byte_shifts).sum(2, dtype=torch.int32)
+        bits_per_word *= bytes_per_word
+    shifts = _shifts(words.device, words.dim() + 1, bits_per_word, torch.int32)
+    return (((wide.unsqueeze(2) >> shifts) & 1) != 0).flatten(1, 2)
 
 
 def popcount(words: torch.Tensor) -> torch.Tensor:

@@ -174,8 +174,8 @@ class _ZeroBits(torch.autograd.Function):
     Used eagerly for a mask shared by the channels: the AND of ``x``'s integer view with a
     broadcast integer mask (the mask's size, not ``x``'s) is one vectorised pass, where a
     ``where`` on a broadcast boolean mask is slower on the CPU. All bits cleared is +0; a kept
-    unit keeps its bits, so the result is ``where``'s to the bit. (Compiled code uses ``where``:
-    inductor's C++ backend scalarises bit casts.)
+    unit keeps its bits, so the result is ``where``'s to the bit. (Compiled code uses
+    ``masked_fill``: inductor's C++ backend scalarises bit casts.)
     """
 
     generate_vmap_rule = True
@@ -232,7 +232,7 @@ class _ZeroedScaled(torch.autograd.Function):
 
     @staticmethod
     def forward(x: torch.Tensor, dropped: torch.Tensor, scale: torch.Tensor | None) -> torch.Tensor:
-        return _zeroed_scaled(x, dropped, scale)
+        return _zeroed_scaled(x, dropped, scale, _channels_last_format(x))
 
     @staticmethod
     def setup_context(ctx, inputs, output) -> None:
@@ -242,13 +242,14 @@ class _ZeroedScaled(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
         dropped, scale = ctx.saved_tensors
-        return _in_format(_zeroed_scaled(grad, dropped, scale), ctx.memory_format), None, None
+        return _zeroed_scaled(grad, dropped, scale, ctx.memory_format), None, None
 
 
-def _zeroed_scaled(x: torch.Tensor, dropped: torch.Tensor, scale: torch.Tensor | None) -> torch.Tensor:
+def _zeroed_scaled(x, dropped, scale: torch.Tensor | None, memory_format: torch.memory_format | None):
+    """``where(dropped, 0, x) * scale`` in ``x``'s dtype, laid out in ``memory_format`` (None: as it comes)."""
     compute = x.dtype if scale is None else scale.dtype
     out = _zeroed(x, dropped, compute, inplace=False)
-    return _like_x((out if scale is None else out.mul_(scale)).to(x.dtype), x)
+    return _in_format((out if scale is None else out.mul_(scale)).to(x.dtype), memory_format)
 
 
 def _normalized(x: torch.Tensor, dropped: torch.Tensor, scale: torch.Tensor | None, inplace: bool) -> torch.Tensor:

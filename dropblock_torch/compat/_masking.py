@@ -2,13 +2,10 @@
 
 Both peers draw a float seed grid, dilate it with ``max_pool``, and multiply ``x`` by a float
 keep mask. The drop-ins draw the same seeds (so the same bits), dilate them as booleans
-(``functional.dilate``), and write zeros where units are dropped instead of multiplying by 0
-(``inf * 0`` and ``nan * 0`` are NaN): dropped units come out 0 whatever ``x`` holds. A mask
-per unit is written into ``x * scale`` directly. A mask shared by the channels is cheaper as a
-product by ``keep`` (the scale where kept, 0 where dropped: the mask's size, not ``x``'s), so
-there the zeros are written only when the product holds a NaN: after a check on the CPU,
-always elsewhere (where reading the check back would synchronise, and under
-``torch.compile``, which fuses the write into the product).
+(``functional.dilate``), and multiply as the peers do: a dropped unit is ``x * 0`` (``-0.0``
+for a negative unit; NaN for an inf or NaN, as in the peers and in ``torch.nn.functional.dropout``),
+a kept one ``x * scale``, to the bit. A mask shared by the channels holds the scale (the
+mask's size, one product over ``x``); a mask per unit is a 0/1 factor, then the scale.
 """
 
 from __future__ import annotations
@@ -79,48 +76,46 @@ def seeds_like(x: torch.Tensor, shape: tuple[int, ...], gamma: float | torch.Ten
     return torch.empty(shape, dtype=x.dtype, device=x.device).bernoulli_(gamma) != 0
 
 
-def _tracing() -> bool:
+def tracing() -> bool:
+    """Whether ``torch.compile`` or ``torch.export`` is tracing the caller (no host reads then)."""
     return torch.compiler.is_compiling() or torch.compiler.is_exporting()
 
 
-def apply_mask(x: torch.Tensor, dropped: torch.Tensor, scale: torch.Tensor | None, inplace: bool) -> torch.Tensor:
-    """``x * scale`` where kept, exact zeros where ``dropped``, in ``x``'s dtype (into ``x`` if ``inplace``).
+def apply_mask(
+    x: torch.Tensor, dropped: torch.Tensor, scale: float | torch.Tensor | None, inplace: bool
+) -> torch.Tensor:
+    """``x * keep * scale``, ``keep`` 0 where ``dropped`` and 1 elsewhere, as the peers compute it.
 
     Args:
       x: the input.
       dropped: the boolean mask, of ``x``'s shape or broadcastable to it.
-      scale: a 0-dim tensor, of ``x``'s dtype or float32 for a float16/bfloat16 ``x`` (then the
-        product is rounded once); None for no rescaling.
+      scale: the factor of the kept units, computed in float64 for a float64 ``x``, else in
+        float32 (a float16/bfloat16 product is then rounded once): a float, or a 0-dim tensor
+        of that dtype; None for no rescaling (computed in ``x``'s dtype).
       inplace: write the result into ``x``.
 
     Returns:
-      ``x`` itself if ``inplace``, else a new tensor in ``x``'s memory format.
+      ``x`` itself if ``inplace``, else a new tensor of ``x``'s dtype in its memory format.
+
+    Examples:
+      >>> apply_mask(torch.tensor([[-1.0, 2.0]]), torch.tensor([[True, False]]), 2.0, False)
+      tensor([[-0., 4.]])
     """
-    compute = x.dtype if scale is None else scale.dtype
+    compute = x.dtype if scale is None else torch.promote_types(x.dtype, torch.float32)
+    update = inplace and compute == x.dtype
     if dropped.shape == x.shape:
-        # A mask per unit: a product by the scalar, then the zeros written (no factor tensor).
-        if compute == x.dtype:
-            if inplace:
-                out = x if scale is None else x.mul_(scale)
-            else:
-                out = x.clone() if scale is None else x * scale
-            return out.masked_fill_(dropped, 0)
-        out = (x.to(compute) * scale).masked_fill_(dropped, 0)
-        return x.copy_(out) if inplace else out.to(x.dtype)
-    # A mask shared by channels: one product by a factor of the mask's size, the zeros only
-    # written where ``x`` held an inf or NaN (writing them through the broadcast mask costs
-    # more than the product itself on the CPU).
-    keep = torch.logical_not(dropped).to(compute) if scale is None else torch.where(dropped, 0.0, scale)
-    same_dtype = compute == x.dtype
-    out = x.mul_(keep) if inplace and same_dtype else x * keep
-    if x.device.type != "cpu" or _tracing():
-        out = out.masked_fill_(dropped, 0)
+        # A mask per unit: a 0/1 factor in x's memory format, times x in place, then the scale
+        # (a kept unit is x * 1 * scale, the peers' x * scale; a dropped one x * 0 * scale,
+        # their x * 0). The factor's buffer is the output's: no other full-size tensor.
+        keep = torch.logical_not(dropped, out=torch.empty_like(x, dtype=compute))
+        out = x.mul_(keep) if update else keep.mul_(x)
+        if scale is not None:
+            out = out.mul_(scale)
     else:
-        with torch.no_grad():
-            # NaN propagates through a sum: a NaN-free sum means no dropped unit was inf or NaN.
-            unsafe = bool(torch.isnan(out.sum()))
-        if unsafe:
-            out = out.masked_fill_(dropped, 0)
-    if same_dtype:
+        # A mask shared by the channels: the scale folded into the small mask, one product.
+        keep = torch.logical_not(dropped) if scale is None else torch.where(dropped, 0.0, scale)
+        keep = keep.to(compute)
+        out = x.mul_(keep) if update else x * keep
+    if update:
         return out
     return x.copy_(out) if inplace else out.to(x.dtype)

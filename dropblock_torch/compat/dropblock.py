@@ -13,8 +13,10 @@ Fixed where 0.3.0 is broken: everything dropped gives zeros (0.3.0: NaN); float1
 bfloat16 inputs give outputs of the same dtype (0.3.0: float32); the mask is drawn on
 ``x.device`` (0.3.0: on the CPU, then copied); ``LinearScheduler`` accepts a float
 ``nr_steps`` such as ``5e3`` (0.3.0: TypeError) and keeps its step count ``i`` (an int, as
-in 0.3.0) in ``state_dict`` (0.3.0: lost on resume; checkpoints without it still load); an
-inf or NaN in ``x`` becomes 0 where it is dropped (0.3.0: NaN).
+in 0.3.0) in ``state_dict`` (0.3.0: lost on resume; checkpoints without it still load). The
+product is 0.3.0's, so a dropped unit is ``x * 0`` (``-0.0`` for a negative unit, NaN for an
+inf or NaN one, as in 0.3.0 and in torch's dropout; ``dropblock_torch.DropBlock2d`` writes
+zeros there instead).
 """
 
 from __future__ import annotations
@@ -69,9 +71,8 @@ class DropBlock2D(nn.Module):
         # One uniform per (sample, position) from the global generator, as 0.3.0 draws them.
         mask = (torch.rand(x.shape[0], *x.shape[2:], device=x.device) < gamma).float()
         block_mask = self._compute_block_mask(mask)
-        compute = torch.promote_types(x.dtype, torch.float32)
-        # Zeros written, not multiplied in: an inf or NaN in x becomes 0 where it is dropped.
-        out = x.to(compute).masked_fill((block_mask == 0)[:, None], 0)
+        # 0.3.0's product by its float32 mask (float16/bfloat16 computed in float32, as there).
+        out = x * block_mask[:, None]
         kept = block_mask.sum()
         # 0.3.0's order of operations, so that float32/float64 results are bit-identical;
         # the where turns its 0/0 (everything dropped) into 0.

@@ -9,15 +9,15 @@ before the seed than after), one mask per sample shared by its channels unless
 ``couple_channels=False``, and ``x * keep * numel / (kept + 1e-7)`` unless
 ``scale_by_keep=False``; ``with_noise`` puts standard normal noise (shared like the mask)
 where units are dropped, without rescaling. On the CPU, under the same ``torch.manual_seed``,
-outputs are bit-identical to timm 1.0.31's in float32 and float64 (``torch.equal``: a dropped
-negative unit may be ``+0.0`` here where timm has ``-0.0``). The kept units are counted exactly
-here; timm sums its float mask in float32, exact below 2**24 kept units and within a few units
-above, which can move its scale by an ulp.
+outputs are bit-identical to timm 1.0.31's in float32 and float64, signed zeros and NaNs
+included: the product is timm's, so a dropped unit is ``x * 0`` (``-0.0`` for a negative unit,
+NaN for an inf or NaN one, as in timm and in torch's dropout; ``dropblock_torch.DropBlock2d``
+writes zeros there instead). The kept units are counted exactly here; timm sums its float mask
+in float32, exact below 2**24 kept units and within a few units above, which can move its
+scale by an ulp.
 
 Fixed where timm misbehaves:
 
-- an inf or NaN in ``x`` becomes 0 where it is dropped (timm: NaN, from ``inf * 0``), with and
-  without ``with_noise``;
 - float16 and bfloat16 inputs are rescaled in float32 and rounded once (timm rounds the scale
   to the input's dtype first: in bfloat16 every kept unit is scaled up to 0.4% off); in
   float16, with everything dropped or fewer than 1 unit in 65504 kept, the output is zeros
@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import warnings
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -101,21 +102,29 @@ def drop_block_2d(
     paddings = (coverage.block_padding(kh, "full"), coverage.block_padding(kw, "full"))
     dropped = functional.dilate(seeds, (kh, kw), paddings)
     if with_noise:
-        noise = torch.empty(seed_shape, dtype=x.dtype, device=x.device).normal_()
-        out = torch.where(dropped, noise, x)
-        return x.copy_(out) if inplace else out
-    scale = _scale(dropped, x.dtype) if scale_by_keep else None
+        # timm's arithmetic, in x's dtype: x * keep + noise * dropped.
+        noise = torch.empty(seed_shape, dtype=x.dtype, device=x.device).normal_().mul_(dropped)
+        keep = torch.logical_not(dropped).to(x.dtype)
+        return x.mul_(keep).add_(noise) if inplace else x * keep + noise
+    scale = _scale(dropped) if scale_by_keep else None
     return _masking.apply_mask(x, dropped, scale, inplace)
 
 
-def _scale(dropped: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """timm's factor of the kept units, a 0-dim tensor: float64 for float64, else float32."""
-    kept = (dropped.numel() - torch.count_nonzero(dropped)).to(torch.float32)
-    # timm's arithmetic: a float32 sum plus 1e-7 (a no-op once 2 units are kept), then numel / it.
-    scale = dropped.numel() / kept.add(1e-7)
-    # float64 multiplies by the float32 scale widened, as timm does; float16/bfloat16 by the
-    # float32 scale itself (timm rounds it to the input's dtype first).
-    return scale.to(dtype) if dtype == torch.float64 else scale
+def _scale(dropped: torch.Tensor) -> float | torch.Tensor:
+    """timm's factor of the kept units, computed in float32 as timm computes it.
+
+    On the CPU, outside ``torch.compile``, a float computed on the host from the count (three
+    float32 operations, not four small tensor ops); elsewhere a 0-dim float32 tensor, without
+    reading the count back.
+    """
+    total = dropped.numel()
+    if dropped.device.type == "cpu" and not _masking.tracing():
+        kept = np.float32(total - int(torch.count_nonzero(dropped)))
+        # timm's float32 arithmetic: kept + 1e-7 (a no-op once 2 units are kept), then
+        # numel / it as torch evaluates it, the reciprocal times numel.
+        return float(np.float32(1.0) / (kept + np.float32(1e-7)) * np.float32(total))
+    kept = (total - torch.count_nonzero(dropped)).to(torch.float32)
+    return total / kept.add(1e-7)
 
 
 torch.fx.wrap("drop_block_2d")

@@ -6,8 +6,10 @@ DropBlock, Ghiasi, Lin, Le, 2018, arXiv:1810.12890, as torchvision implements it
 (cubic) block of side ``min(block_size, *spatial)``, seeds on the valid grid (every block
 inside the map) at the paper's rate ``p * prod(S) / (k**d * prod(S - k + 1))``, an independent
 mask per sample and channel, and ``x * keep * numel / (eps + kept)``. On the CPU, under the same
-``torch.manual_seed``, outputs are bit-identical to torchvision 0.29's in float32 and float64
-(``torch.equal``: a dropped negative unit may be ``+0.0`` here where torchvision has ``-0.0``).
+``torch.manual_seed``, outputs are bit-identical to torchvision 0.29's in float32 and float64, signed zeros and NaNs
+included: the product is torchvision's, so a dropped unit is ``x * 0`` (``-0.0`` for a negative
+unit, NaN for an inf or NaN one, as in torchvision and in torch's dropout;
+``dropblock_torch.DropBlock2d`` writes zeros there instead).
 The kept units are counted exactly here; torchvision sums its float mask in float32, exact
 below 2**24 kept units and within a few units above, which can move its scale by an ulp.
 ``drop_block2d`` and ``drop_block3d`` are leaves under ``torch.fx`` tracing, as there.
@@ -19,7 +21,6 @@ Fixed where torchvision misbehaves:
   rounded once (torchvision rounds the count and then the scale to bfloat16: every kept unit
   scaled up to 0.8% off); everything dropped gives zeros (torchvision in float16: NaN);
 - ``eps=0`` with everything dropped gives zeros (torchvision: NaN, 0 / 0);
-- an inf or NaN in the input becomes 0 where it is dropped (torchvision: NaN, ``inf * 0``);
 - an even block works (blocks inside the map, as for odd ones); torchvision refuses it, also
   when an odd ``block_size`` is clipped to an even map (``block_size=7`` on a 6x6 map);
 - bad arguments raise a ``ValueError`` or ``TypeError`` naming them (torchvision: a NaN ``p``
@@ -63,7 +64,8 @@ def _drop_block(
     # torchvision's arithmetic (eps + a sum, then numel / it) in float64 for float64, else float32.
     compute = torch.float64 if input.dtype == torch.float64 else torch.float32
     kept = (dropped.numel() - torch.count_nonzero(dropped)).to(compute)
-    scale = dropped.numel() / (eps + kept)
+    # With eps = 0 and everything dropped, 0 instead of numel / 0 (whose product with 0 is NaN).
+    scale = torch.where(kept > 0, dropped.numel() / (eps + kept), 0.0)
     return _masking.apply_mask(input, dropped, scale, inplace)
 
 

@@ -95,7 +95,10 @@ ALLOCATOR_ENV = {
 
 @functools.cache
 def _cache_flush_buffer() -> np.ndarray:
-    return np.zeros(16 << 20, np.float32)  # 64 MB, twice this machine's last-level cache
+    # 64 MB: enough to flush what a call sees of the caches on the CPUs measured (after it, a
+    # product over a 25 MB tensor takes twice its warm time on the 2-core Xeon, whose lscpu
+    # reports the whole host's 480 MiB L3).
+    return np.zeros(16 << 20, np.float32)
 
 
 # Idle time after the flush, so that every timed call starts from the same state: without it,

@@ -146,9 +146,6 @@ def test_half_precision_is_timm_up_to_its_rounding(timm_drop, dtype):
     torch.testing.assert_close(new.float(), old.float(), rtol=2 * ulp, atol=0)
 
 
-# --- fixed where timm misbehaves --------------------------------------------------------------
-
-
 # --- inf and NaN: timm's arithmetic, kept as it is ----------------------------------------------
 
 
@@ -187,6 +184,25 @@ def test_a_dropped_unit_is_x_times_zero_and_a_kept_one_x_times_the_scale(couple_
         assert same_bits(out, torch.where(kept, x * factor, x * 0.0)), (inplace, scale_by_keep)
 
 
+# --- fixed where timm misbehaves --------------------------------------------------------------
+
+
+@pytest.mark.parametrize("default", [torch.float16, torch.bfloat16])
+def test_fixed_a_half_precision_default_dtype_changes_no_bit(default):
+    x = randn((2, 3, 8, 8))
+    for couple_channels in (True, False):
+        torch.manual_seed(0)
+        expected = compat.drop_block_2d(x, 0.3, 3, couple_channels=couple_channels)
+        previous = torch.get_default_dtype()
+        torch.set_default_dtype(default)
+        try:
+            torch.manual_seed(0)
+            out = compat.drop_block_2d(x, 0.3, 3, couple_channels=couple_channels)
+        finally:
+            torch.set_default_dtype(previous)
+        assert same_bits(out, expected), couple_channels
+
+
 @pytest.mark.parametrize("couple_channels", [True, False])
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_fixed_half_precision_is_the_float32_result_rounded_once(timm_drop, dtype, couple_channels):
@@ -197,7 +213,7 @@ def test_fixed_half_precision_is_the_float32_result_rounded_once(timm_drop, dtyp
         torch.manual_seed(1)
         # The same seeds: bernoulli_ draws alike in every dtype.
         wide = compat.drop_block_2d(x.float(), 0.2, 3, couple_channels=couple_channels)
-        assert new.dtype == dtype and torch.equal(new, wide.to(dtype))
+        assert same_bits(new, wide.to(dtype))
     torch.manual_seed(1)
     old = timm_drop.drop_block_2d(x, 0.2, 3, couple_channels=couple_channels)
     assert not torch.equal(old, wide.to(dtype))  # timm rounds the scale to the dtype first
@@ -431,6 +447,17 @@ def test_bernoulli_draws_alike_in_every_dtype_on_the_cpu(dtype):
         ours = torch.empty(shape, dtype=torch.bool).bernoulli_(gamma)
         ours_next = torch.rand(4)
         assert torch.equal(ours, peer != 0) and torch.equal(ours_next, peer_next)
+
+
+def test_training_per_unit_saves_the_boolean_mask_not_a_float_factor():
+    x = randn((2, 3, 8, 8)).requires_grad_()
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        out = compat.drop_block_2d(x, 0.3, 3, couple_channels=False)
+    # A byte per unit for the backward pass, as dropout's mask, not 4 (a float32 factor).
+    assert [t.dtype for t in saved if t.numel() == x.numel()] == [torch.bool]
+    out.backward(torch.ones_like(out))
+    assert torch.equal(x.grad != 0, out != 0) and (out == 0).any()
 
 
 def test_the_gradient_is_the_scaled_keep_mask():

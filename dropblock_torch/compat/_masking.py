@@ -89,9 +89,10 @@ def apply_mask(
     Args:
       x: the input.
       dropped: the boolean mask, of ``x``'s shape or broadcastable to it.
-      scale: the factor of the kept units, computed in float64 for a float64 ``x``, else in
-        float32 (a float16/bfloat16 product is then rounded once): a float, or a 0-dim tensor
-        of that dtype; None for no rescaling (computed in ``x``'s dtype).
+      scale: the peer's factor of the kept units (a float, or a 0-dim float32 or float64
+        tensor); None for no rescaling. With a scale the product is computed in float32, or
+        float64 for a float64 ``x`` (float16 and bfloat16 are rounded once, at the end);
+        without, in ``x``'s dtype.
       inplace: write the result into ``x``.
 
     Returns:
@@ -102,20 +103,58 @@ def apply_mask(
       tensor([[-0., 4.]])
     """
     compute = x.dtype if scale is None else torch.promote_types(x.dtype, torch.float32)
-    update = inplace and compute == x.dtype
     if dropped.shape == x.shape:
-        # A mask per unit: a 0/1 factor in x's memory format, times x in place, then the scale
-        # (a kept unit is x * 1 * scale, the peers' x * scale; a dropped one x * 0 * scale,
-        # their x * 0). The factor's buffer is the output's: no other full-size tensor.
-        keep = torch.logical_not(dropped, out=torch.empty_like(x, dtype=compute))
-        out = x.mul_(keep) if update else keep.mul_(x)
-        if scale is not None:
-            out = out.mul_(scale)
+        if torch.is_grad_enabled() and x.requires_grad:
+            out = _PerUnitProduct.apply(x, dropped, scale, compute)
+            return x.copy_(out) if inplace else out
+        out = _per_unit_product(x, dropped, scale, compute, inplace and compute == x.dtype)
     else:
         # A mask shared by the channels: the scale folded into the small mask, one product.
-        keep = torch.logical_not(dropped) if scale is None else torch.where(dropped, 0.0, scale)
-        keep = keep.to(compute)
-        out = x.mul_(keep) if update else x * keep
-    if update:
-        return out
+        keep = torch.logical_not(dropped).to(compute)
+        if scale is not None:
+            keep = keep.mul_(scale)  # the peers' keep_mask.mul_(scale): 0 * scale where dropped
+        out = x.mul_(keep) if inplace and compute == x.dtype else x * keep
+    if out is x:
+        return x
     return x.copy_(out) if inplace else out.to(x.dtype)
+
+
+def _per_unit_product(x, dropped, scale, compute: torch.dtype, into_x: bool) -> torch.Tensor:
+    """``x * keep * scale`` for a mask of ``x``'s shape, in ``compute``: ``x`` itself if ``into_x``.
+
+    A 0/1 factor in ``x``'s memory format, times ``x`` in place, then the scale: a kept unit is
+    ``x * 1 * scale``, the peers' ``x * scale``; a dropped one ``x * 0 * scale``, their ``x * 0``.
+    The factor's buffer becomes the output (into ``x``: a temporary).
+    """
+    keep = torch.logical_not(dropped, out=torch.empty_like(x, dtype=compute))
+    out = x.mul_(keep) if into_x else keep.mul_(x)
+    return out if scale is None else out.mul_(scale)
+
+
+class _PerUnitProduct(torch.autograd.Function):
+    """``_per_unit_product`` whose backward is the same product of the gradient.
+
+    Autograd's own chain would save a full-size float copy of the 0/1 factor for the backward
+    pass; this saves the boolean mask (a byte per unit, a quarter of that) and rebuilds the
+    factor. The gradient is ``grad * 1 * scale`` where kept and ``grad * 0 * scale`` where
+    dropped, the peers' ``grad * scale`` and ``grad * 0``.
+    """
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(x, dropped, scale, compute):
+        return _per_unit_product(x, dropped, scale, compute, into_x=False).to(x.dtype)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output) -> None:
+        _, dropped, scale, compute = inputs
+        # A tensor scale (on a GPU, or traced) is saved as a tensor; a float is kept as it is.
+        ctx.save_for_backward(dropped, scale if isinstance(scale, torch.Tensor) else None)
+        ctx.number, ctx.compute = (None if isinstance(scale, torch.Tensor) else scale), compute
+
+    @staticmethod
+    def backward(ctx, grad):
+        dropped, scale = ctx.saved_tensors
+        scale = ctx.number if scale is None else scale
+        return _per_unit_product(grad, dropped, scale, ctx.compute, into_x=False).to(grad.dtype), None, None, None

@@ -6,10 +6,10 @@ DropBlock, Ghiasi, Lin, Le, 2018, arXiv:1810.12890, as torchvision implements it
 (cubic) block of side ``min(block_size, *spatial)``, seeds on the valid grid (every block
 inside the map) at the paper's rate ``p * prod(S) / (k**d * prod(S - k + 1))``, an independent
 mask per sample and channel, and ``x * keep * numel / (eps + kept)``. On the CPU, under the same
-``torch.manual_seed``, outputs are bit-identical to torchvision 0.29's in float32 and float64, signed zeros and NaNs
-included: the product is torchvision's, so a dropped unit is ``x * 0`` (``-0.0`` for a negative
-unit, NaN for an inf or NaN one, as in torchvision and in torch's dropout;
-``dropblock_torch.DropBlock2d`` writes zeros there instead).
+``torch.manual_seed``, outputs are bit-identical to torchvision 0.29's in float32 and
+float64, signed zeros and NaNs included: the product is torchvision's, so a dropped unit is
+``x * 0`` (``-0.0`` for a negative unit, NaN for an inf or NaN one, as in torchvision and in
+torch's dropout; ``dropblock_torch.DropBlock2d`` writes zeros there instead).
 The kept units are counted exactly here; torchvision sums its float mask in float32, exact
 below 2**24 kept units and within a few units above, which can move its scale by an ulp.
 ``drop_block2d`` and ``drop_block3d`` are leaves under ``torch.fx`` tracing, as there.

@@ -20,16 +20,19 @@ Fixed where timm misbehaves:
 
 - float16 and bfloat16 inputs are rescaled in float32 and rounded once (timm rounds the scale
   to the input's dtype first: in bfloat16 every kept unit is scaled up to 0.4% off); in
-  float16, with everything dropped or fewer than 1 unit in 65504 kept, the output is zeros
-  and finite values (timm: NaN and inf, its scale overflows float16);
+  float16, with everything dropped or fewer than 1 unit in 65504 kept, the scale stays finite:
+  zeros where dropped and ``x * scale`` rounded once where kept (timm: NaN everywhere, its scale
+  overflows float16 to inf);
 - bad arguments raise a ``ValueError`` or ``TypeError`` naming them (timm: a ``drop_prob``
   above 1 runs, 1.5 dropping 86% of a 28x28 map; a 3D input fails to unpack; a
   ``block_size`` of 0 divides by zero), and a seed rate above 1 (``gamma_scale`` > 1)
   saturates at 1 instead of failing inside ``bernoulli_``;
 - ``drop_block_2d`` at ``drop_prob=0`` returns ``x`` and draws nothing, as ``DropBlock2d``
   does (timm draws a mask and returns a copy);
-- ``drop_block_2d`` is a leaf under ``torch.fx`` tracing, so a model with it traces in
-  training mode too.
+- ``drop_block_2d`` is a leaf under ``torch.fx`` tracing, so a model with ``DropBlock2d``, or
+  calling ``dropblock_torch.compat.timm.drop_block_2d``, traces in training mode too (a name
+  imported into another module is wrapped there with ``torch.fx.wrap("drop_block_2d")``, as
+  for any function).
 """
 
 from __future__ import annotations

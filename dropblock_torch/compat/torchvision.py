@@ -12,7 +12,9 @@ float64, signed zeros and NaNs included: the product is torchvision's, so a drop
 torch's dropout; ``dropblock_torch.DropBlock2d`` writes zeros there instead).
 The kept units are counted exactly here; torchvision sums its float mask in float32, exact
 below 2**24 kept units and within a few units above, which can move its scale by an ulp.
-``drop_block2d`` and ``drop_block3d`` are leaves under ``torch.fx`` tracing, as there.
+``drop_block2d`` and ``drop_block3d`` are leaves under ``torch.fx`` tracing, as there (called
+through the modules or as attributes of this module; a name imported elsewhere is wrapped
+there with ``torch.fx.wrap``, as torchvision's are).
 
 Fixed where torchvision misbehaves:
 

@@ -153,6 +153,16 @@ def test_inf_and_nan_in_x_give_the_packages_bits(value):
     assert torch.isnan(new[dropped & non_finite]).all()
 
 
+@pytest.mark.parametrize("value, error", [(float("nan"), ValueError), (1.5, ValueError), ("0.1", TypeError)])
+def test_a_bad_drop_prob_set_after_construction_is_named_at_the_next_training_call(value, error):
+    layer = compat.DropBlock2D(0.1, 3)
+    layer.drop_prob = value
+    x = torch.randn(2, 3, 8, 8)
+    assert layer.eval()(x) is x  # eval mode: the identity, as before
+    with pytest.raises(error, match="drop_prob"):
+        layer.train()(x)
+
+
 @pytest.mark.parametrize(
     "args, error, match",
     [

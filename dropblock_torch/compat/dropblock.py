@@ -67,6 +67,9 @@ class DropBlock2D(nn.Module):
             )
         if not self.training or self.drop_prob == 0.0:
             return x
+        # Checked at every call too: a scheduler or the user may have set it since (0.3.0 then
+        # runs with NaN, dropping nothing, or with 1.5).
+        validation.drop_prob_value(self.drop_prob)
         gamma = self._compute_gamma(x)
         # One uniform per (sample, position) from the global generator, as 0.3.0 draws them.
         mask = (torch.rand(x.shape[0], *x.shape[2:], device=x.device) < gamma).float()

@@ -75,7 +75,7 @@ def test_bit_identical_to_timm(timm_drop, block_size, couple_channels, dtype):
             scale_by_keep=scale_by_keep,
         )
         old, new = both(timm_drop.drop_block_2d, compat.drop_block_2d, x, seed, **options)
-        assert same_bits(new, old), options
+        assert new.dtype == dtype and same_bits(new, old), options
         # Something was dropped and something kept in most draws: the comparison is not vacuous.
     old, new = both(timm_drop.drop_block_2d, compat.drop_block_2d, randn((2, 3, 16, 16), dtype), 5, drop_prob=0.3)
     assert same_bits(new, old) and 0 < (new == 0).sum() < new.numel()
@@ -213,7 +213,7 @@ def test_fixed_half_precision_is_the_float32_result_rounded_once(timm_drop, dtyp
         torch.manual_seed(1)
         # The same seeds: bernoulli_ draws alike in every dtype.
         wide = compat.drop_block_2d(x.float(), 0.2, 3, couple_channels=couple_channels)
-        assert same_bits(new, wide.to(dtype))
+        assert new.dtype == dtype and same_bits(new, wide.to(dtype))
     torch.manual_seed(1)
     old = timm_drop.drop_block_2d(x, 0.2, 3, couple_channels=couple_channels)
     assert not torch.equal(old, wide.to(dtype))  # timm rounds the scale to the dtype first

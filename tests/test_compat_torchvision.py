@@ -64,7 +64,7 @@ def test_bit_identical_to_torchvision(ops, dims, block_size, dtype):
             continue
         x = randn(shape, dtype, seed)
         old, new = both(peer_function(ops, dims), FUNCTIONS[dims], x, seed, p, block_size, eps=eps)
-        assert same_bits(new, old), (shape, p, eps)
+        assert new.dtype == dtype and same_bits(new, old), (shape, p, eps)
         compared += 1
     assert compared >= 4
     x = randn((2, 3, 11, 11, 11)[: dims + 2], dtype)

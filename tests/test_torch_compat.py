@@ -39,7 +39,8 @@ def test_bit_identical_to_the_package(old_type, new_type, shapes, block_size, dt
             if torch.isnan(old).any():  # 0.3.0 divides 0 by 0 when everything is dropped
                 assert (new == 0).all()
                 continue
-            assert same_bits(new, old)  # signed zeros too: a dropped negative unit is -0.0, as in 0.3.0
+            # Signed zeros too: a dropped negative unit is -0.0, as in 0.3.0.
+            assert new.dtype == dtype and same_bits(new, old)
             compared += 1
     assert compared >= len(shapes)
 

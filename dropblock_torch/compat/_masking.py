@@ -110,7 +110,7 @@ def apply_mask(
         out = _per_unit_product(x, dropped, scale, compute, inplace and compute == x.dtype)
     else:
         # A mask shared by the channels: the scale folded into the small mask, one product.
-        keep = torch.logical_not(dropped).to(compute)
+        keep = torch.logical_not(dropped, out=dropped.new_empty(dropped.shape, dtype=compute))
         if scale is not None:
             keep = keep.mul_(scale)  # the peers' keep_mask.mul_(scale): 0 * scale where dropped
         out = x.mul_(keep) if inplace and compute == x.dtype else x * keep
@@ -139,8 +139,6 @@ class _PerUnitProduct(torch.autograd.Function):
     factor. The gradient is ``grad * 1 * scale`` where kept and ``grad * 0 * scale`` where
     dropped, the peers' ``grad * scale`` and ``grad * 0``.
     """
-
-    generate_vmap_rule = True
 
     @staticmethod
     def forward(x, dropped, scale, compute):

@@ -41,6 +41,16 @@ def seed_grid_shape(spatial_shape: Sequence[int], block_size: Sequence[int], see
     )
 
 
+def block_start(block: int, seed_region: str) -> int:
+    """Where a seed's block starts along one dimension, relative to the seed (before clipping).
+
+    Examples:
+      >>> block_start(7, "valid"), block_start(7, "full"), block_start(4, "full")
+      (0, -3, -2)
+    """
+    return 0 if seed_region == "valid" else -(block // 2)
+
+
 def block_padding(block: int, seed_region: str) -> tuple[int, int]:
     """Zero padding (low, high) of the seed grid before a stride-1 max over ``block`` cells.
 

@@ -120,6 +120,20 @@ def _traced_unpack(words: torch.Tensor) -> torch.Tensor:
     return (((wide.unsqueeze(2) >> shifts) & 1) != 0).flatten(1, 2)
 
 
+def coordinates(positions: torch.Tensor, packing: Packing, words_shape: Sequence[int]) -> tuple[torch.Tensor, ...]:
+    """The coordinates ``(n, c, *grid)`` in the boolean grid of the bits at ``positions`` (packed order, int64).
+
+    Examples:
+      >>> n, c, j = coordinates(torch.tensor([3, 10]), PACKED, (1, 2, 1))  # grid (1, 16, 1)
+      >>> c.tolist(), j.tolist()
+      ([3, 10], [0, 0])
+    """
+    if packing.bits == 1:
+        return torch.unravel_index(positions, tuple(words_shape))
+    n, group, *grid = torch.unravel_index(positions // BITS, tuple(words_shape))
+    return (n, group * BITS + positions % BITS, *grid)
+
+
 def popcount(words: torch.Tensor) -> torch.Tensor:
     """The number of set bits of each byte, as uint8 (SWAR: three shift-and-add steps).
 

@@ -18,8 +18,8 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from dropblock_common import coverage, rates, validation
 from dropblock_common import layout as layouts
-from dropblock_common import rates, validation
 from dropblock_torch import bitmask, sampling
 
 BlockSize = int | Sequence[int]
@@ -273,15 +273,130 @@ def _normalized(x: torch.Tensor, dropped: torch.Tensor, scale: torch.Tensor | No
     return x.copy_(out.to(x.dtype))
 
 
-def _apply(x, words, packing, layout, seed_region, normalize, noise, generator, expected_drop, inplace, poison=None):
+def _dense(x: torch.Tensor) -> bool:
+    """Whether ``x`` is contiguous or channels-last: a flat strided view of it sees every unit once."""
+    memory_format = _CHANNELS_LAST.get(x.dim())
+    return x.is_contiguous() or (memory_format is not None and x.is_contiguous(memory_format=memory_format))
+
+
+def _block_offsets(out: torch.Tensor, seeds: Sequence[torch.Tensor], layout, seed_region):
+    """Where the block of each seed (one seed grid per unit) lies in ``out`` (dense), for ``index_fill_``.
+
+    Returns ``(windows, corners, units)``: ``windows`` a strided view of ``out`` with a block at
+    every offset, overlapping; ``corners`` the offsets of the blocks inside the map; ``units``
+    the offsets of every unit of the blocks that the border clips (seed_region "full"; None
+    when there are none).
+    """
+    strides = out.stride()
+    spatial = list(zip(layout.spatial_shape, layout.block, strides[2:], strict=True))
+    offsets = [coverage.block_start(block, seed_region) for block in layout.block]
+    starts = [seed + offset for seed, offset in zip(seeds[2:], offsets, strict=True)]
+    plane = seeds[0] * strides[0] + seeds[1] * strides[1]
+    corners = plane + sum(start * stride for start, stride in zip(starts, strides[2:], strict=True))
+    span = sum((block - 1) * stride for _, block, stride in spatial)
+    windows = out.as_strided(
+        (out.numel() - span, *(block for _, block, _ in spatial)), (1, *(stride for _, _, stride in spatial))
+    )
+    if seed_region == "valid":
+        return windows, corners, None
+    inside = torch.ones_like(corners, dtype=torch.bool)
+    for start, (size, block, _) in zip(starts, spatial, strict=True):
+        inside &= (start >= 0) & (start <= size - block)
+    if bool(inside.all()):
+        return windows, corners, None
+    # The clipped blocks, unit by unit: a cell past the border is clamped onto the border
+    # cell, which the block covers anyway.
+    clipped, rank = ~inside, len(spatial)
+    units = plane[clipped].reshape(-1, *(1,) * rank)
+    for dim, (start, (size, block, stride)) in enumerate(zip(starts, spatial, strict=True)):
+        cells = torch.arange(block).reshape(block, *(1,) * (rank - 1 - dim))
+        units = units + (start[clipped].reshape(-1, *(1,) * rank) + cells).clamp_(0, size - 1) * stride
+    return windows, corners[inside], units.flatten()
+
+
+def _zero_blocks_(out: torch.Tensor, offsets) -> torch.Tensor:
+    """Write +0 over the blocks at ``offsets`` (``_block_offsets`` of ``out``), in place."""
+    windows, corners, units = offsets
+    windows.index_fill_(0, corners, 0)
+    if units is not None:
+        out.as_strided((out.numel(),), (1,)).index_fill_(0, units, 0)
+    return out
+
+
+def _scaled_blocks_zeroed(x: torch.Tensor, scale: torch.Tensor | None, blocks, strides=None):
+    """``x * scale`` in ``x``'s dtype with +0 over the seeds' blocks; laid out with ``strides`` if given.
+
+    ``blocks`` is ``(seeds, layout, seed_region)``. Returns the tensor and the
+    offsets written (which hold for any tensor of its strides).
+    """
+    compute = x.dtype if scale is None else scale.dtype
+    out = x.clone() if scale is None else (x.to(compute) * scale).to(x.dtype)
+    if strides is not None and out.stride() != strides:
+        out = torch.empty_strided(out.shape, strides, dtype=out.dtype).copy_(out)
+    offsets = _block_offsets(out, *blocks)
+    return _zero_blocks_(out, offsets), offsets
+
+
+class _BlocksZeroedScaled(torch.autograd.Function):
+    """``_scaled_blocks_zeroed``, whose backward is the same function of the gradient.
+
+    The gradient is ``grad * scale`` with +0 over the blocks, laid out as the output (so as
+    ``x``), written through the offsets saved from the forward pass: no mask is saved.
+    """
+
+    @staticmethod
+    def forward(x: torch.Tensor, scale: torch.Tensor | None, blocks) -> torch.Tensor:
+        return _scaled_blocks_zeroed(x, scale, blocks)[0]
+
+    @staticmethod
+    def setup_context(ctx, inputs, output) -> None:
+        _, scale, blocks = inputs
+        ctx.save_for_backward(scale)
+        ctx.blocks, ctx.strides = blocks, output.stride()
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        (scale,) = ctx.saved_tensors
+        return _scaled_blocks_zeroed(grad, scale, ctx.blocks, ctx.strides)[0], None, None
+
+
+def _normalized_blocks(x, scale, blocks, inplace: bool) -> torch.Tensor:
+    """``_normalized`` for a mask per unit whose seeds' coordinates are known (eager, CPU).
+
+    One pass over ``x`` (the product by the scale), then +0 written over each block, where a
+    mask of ``x``'s size would be unpacked and read by a ``where`` (a scalar loop on the CPU).
+    The same bits: a kept unit is ``x * scale``, a dropped one +0 whatever ``x`` holds there.
+    A mask shared by the channels or the batch keeps the AND of bits (``_ZeroBits``): its
+    blocks span strided channels, which ``index_fill_`` writes more slowly than that pass.
+    """
+    if inplace:
+        if scale is not None:
+            x.mul_(scale)
+        return _zero_blocks_(x, _block_offsets(x, *blocks))
+    if torch.is_grad_enabled() and x.requires_grad:
+        return _BlocksZeroedScaled.apply(x, scale, blocks)
+    return _scaled_blocks_zeroed(x, scale, blocks)[0]
+
+
+def _apply(
+    x, words, packing, layout, seed_region, normalize, noise, generator, expected_drop, inplace, poison=None, seeds=None
+):
     """Expand the seed ``words`` into blocks and apply them to ``x``.
 
     ``poison`` is ``drop_prob * 0`` for a tensor rate (0, or NaN for a NaN rate, which then
     turns the whole output NaN rather than silently dropping nothing), None for a number.
+    ``seeds`` are the seeds' coordinates ``(n, c, *grid)`` where they are known (eagerly, on
+    the CPU): the blocks are then written over the product by the scale (``_normalized_blocks``),
+    and the words are only dilated to count what is dropped.
     """
+    compute = torch.promote_types(x.dtype, torch.float32)
+    per_unit = (words.shape[0], words.shape[1] * packing.bits) == tuple(x.shape[:2])
+    if seeds is not None and per_unit and _writes_blocks(x, compute, noise, inplace, poison):
+        counted = _dropped_words(words, layout, seed_region) if normalize in ("batch", "sample") else words
+        scale = _scale(counted, packing, normalize, expected_drop, compute)
+        return _normalized_blocks(x, scale, (seeds, layout, seed_region), inplace)
     words = _dropped_words(words, layout, seed_region)
     dropped = bitmask.unpack(words, packing)
-    compute = torch.promote_types(x.dtype, torch.float32)
     if noise:
         values = sampling._uniform(x.shape, generator, x.device, compute, normal=True).to(x.dtype)
         kept = x if poison is None else (x.to(compute) * (1 + poison)).to(x.dtype)
@@ -293,12 +408,31 @@ def _apply(x, words, packing, layout, seed_region, normalize, noise, generator, 
     return _normalized(x, dropped, scale, inplace)
 
 
+def _plain_eager_cpu(x: torch.Tensor) -> bool:
+    """Whether ``x`` is on the CPU outside ``torch.compile`` and outside any ``torch.func`` transform.
+
+    The seeds' coordinates are read (``nonzero``) and ``x`` is written through strided views
+    only then: ``vmap``'s batched tensors support neither, and a traced graph has no host values.
+    """
+    return x.device.type == "cpu" and not _tracing() and torch._C._functorch.maybe_current_level() is None
+
+
+def _writes_blocks(x: torch.Tensor, compute: torch.dtype, noise: bool, inplace: bool, poison) -> bool:
+    """Whether ``_normalized_blocks`` serves this call (the seeds' coordinates being known)."""
+    if noise or poison is not None or not _plain_eager_cpu(x):
+        return False
+    if not inplace:
+        return True
+    return x.dtype == compute and _dense(x) and not (torch.is_grad_enabled() and x.requires_grad)
+
+
 def _seed_words(gamma, layout, seed_region, *, share_channels, share_batch, device, generator, allow_sparse=True):
-    """The seed grid as words, and their packing."""
+    """The seed grid as words, their packing, and the seeds' coordinates ``(n, c, *grid)`` or None."""
     seed_shape = layout.seed_shape(seed_region, share_channels, share_batch)
     packing = bitmask.packing(seed_shape[1])
-    words = sampling.bernoulli_words(gamma, seed_shape, packing, device, generator, allow_sparse=allow_sparse)
-    return words, packing
+    words, positions = sampling.bernoulli_seeds(gamma, seed_shape, packing, device, generator, allow_sparse)
+    seeds = None if positions is None else bitmask.coordinates(positions, packing, words.shape)
+    return words, packing, seeds
 
 
 def sample_seeds(
@@ -351,7 +485,7 @@ def sample_seeds(
     else:
         gamma, _ = _rates(drop_prob, concrete, layout, seed_region, calibrate, device)
         flags = dict(share_channels=share_channels, share_batch=share_batch)
-        words, packing = _seed_words(
+        words, packing, _ = _seed_words(
             gamma, layout, seed_region, **flags, device=device, generator=generator, allow_sparse=batched
         )
         seeds = bitmask.unpack(words, packing)
@@ -425,7 +559,10 @@ def apply_seeds(
         raise ValueError("normalize='expected' needs expected_drop=..., e.g. from expected_drop_fraction.")
     packing = bitmask.packing(seeds.shape[1])
     words = bitmask.pack(seeds.bool(), packing)
-    return _apply(x, words, packing, layout, seed_region, normalize, noise, generator, expected_drop, inplace)
+    # Eagerly on the CPU the blocks are written from the seeds' coordinates (see ``_apply``).
+    known = seeds.nonzero().unbind(1) if _plain_eager_cpu(x) else None
+    options = dict(inplace=inplace, seeds=known)
+    return _apply(x, words, packing, layout, seed_region, normalize, noise, generator, expected_drop, **options)
 
 
 def drop_block(
@@ -490,10 +627,11 @@ def drop_block(
         return x
     gamma, expected = _rates(drop_prob, concrete, layout, seed_region, calibrate, x.device)
     sharing = dict(share_channels=share_channels, share_batch=share_batch)
-    words, packing = _seed_words(
+    words, packing, seeds = _seed_words(
         gamma, layout, seed_region, **sharing, device=x.device, generator=generator, allow_sparse=batched
     )
     poison = None if concrete is not None else drop_prob.detach().to(device=x.device, dtype=expected.dtype) * 0
     batch = x if batched else x[None]
-    out = _apply(batch, words, packing, layout, seed_region, normalize, noise, generator, expected, inplace, poison)
+    options = dict(poison=poison, seeds=seeds)
+    out = _apply(batch, words, packing, layout, seed_region, normalize, noise, generator, expected, inplace, **options)
     return out if batched else out[0]

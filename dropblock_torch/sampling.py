@@ -145,8 +145,6 @@ def bernoulli_words(
 ) -> torch.Tensor:
     """A seed grid of ``shape`` ``(N, C, *grid)``, i.i.d. Bernoulli(``gamma``), as ``packing`` words.
 
-    The one place that chooses the sampling method (see the module docstring).
-
     Args:
       gamma: the seed rate, a float or a 0-dim float32 tensor.
       shape: the seed grid's shape.
@@ -163,6 +161,27 @@ def bernoulli_words(
       >>> tuple(words.shape), words.dtype
       ((4, 8, 22, 22), torch.uint8)
     """
+    return bernoulli_seeds(gamma, shape, packing, device, generator, allow_sparse)[0]
+
+
+def bernoulli_seeds(
+    gamma: float | torch.Tensor,
+    shape: Sequence,
+    packing: Packing,
+    device: torch.device | None,
+    generator: torch.Generator | None,
+    allow_sparse: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``bernoulli_words``, and the seeds' positions in packed order where they were drawn one by one.
+
+    The one place that chooses the sampling method (see the module docstring). The positions
+    (int64, increasing) come with the eager sparse draw on the CPU; otherwise they are None.
+
+    Examples:
+      >>> words, positions = bernoulli_seeds(0.003, (4, 64, 22, 22), bitmask.PACKED, None, torch.Generator())
+      >>> int(bitmask.count(words, bitmask.PACKED, per_row=False)) == positions.numel()
+      True
+    """
     shape = tuple(shape)
     words_shape = packing.words_shape(shape)
     size = math.prod(shape)
@@ -175,11 +194,12 @@ def bernoulli_words(
             gamma = torch.as_tensor(gamma, dtype=torch.float32, device=device)
             # All but the batch static (the channel count is specialised: it rarely changes).
             per_example = operator.index(shape[1]) * math.prod(shape[2:])
-            return _traced_sparse_words(gamma, shape[0], per_example, packing, device).reshape(words_shape)
+            return _traced_sparse_words(gamma, shape[0], per_example, packing, device).reshape(words_shape), None
     elif allow_sparse and on_cpu and not tracing:
         rate = float(gamma)  # a CPU tensor reads back for free
         budget = policy.seed_budget(size, rate)
         if budget is not None:
             positions = sparse_positions(rate, size, budget, device, generator)
-            return _scatter(positions, size // packing.bits, packing, device)[:-1].reshape(words_shape)
-    return _dense_words(gamma, size, packing, device, generator).reshape(words_shape)
+            words = _scatter(positions, size // packing.bits, packing, device)[:-1].reshape(words_shape)
+            return words, positions[: int(torch.searchsorted(positions, size))]
+    return _dense_words(gamma, size, packing, device, generator).reshape(words_shape), None

@@ -1,11 +1,16 @@
 """dropblock_torch: the twin of test_jax_functional, in the torch layout (N, C, *spatial)."""
 
+import functools
+import itertools
+
 import numpy as np
 import pytest
 import torch
+from bit_equality import same_bits
 from numpy_reference import dropped_mask, normalized
 
 import dropblock_torch as dt
+from dropblock_torch import functional
 
 # (shape in the torch layout, block_size): 1D/2D/3D, odd, even, rectangular and oversize blocks.
 CASES = [
@@ -133,6 +138,98 @@ def test_inplace_writes_into_x_and_matches():
         out = dt.drop_block(x, 0.3, 3, inplace=True, generator=generator(5))
         assert out.data_ptr() == x.data_ptr()
         torch.testing.assert_close(x, expected, rtol=0, atol=0)
+
+
+# --- Eagerly on the CPU the blocks are written from the seeds' coordinates; elsewhere (compiled,
+# GPU, torch.func) the mask is unpacked and applied by where. Both give the same bits.
+
+SHARING = [{}, {"share_channels": True}, {"share_batch": True}, {"share_channels": True, "share_batch": True}]
+
+
+def with_specials(x: torch.Tensor) -> torch.Tensor:
+    """``x`` with -0, inf, -inf and NaN in its first units (they meet dropped and kept units)."""
+    flat = x.reshape(-1)
+    flat[: 4 * 7 : 7] = torch.tensor([-0.0, float("inf"), -float("inf"), float("nan")])
+    return x
+
+
+def through_the_mask(call, monkeypatch):
+    """``call()`` with the mask unpacked and applied, as compiled code and ``torch.func`` run it."""
+    with monkeypatch.context() as patch:
+        patch.setattr(functional, "_plain_eager_cpu", lambda x: False)
+        return call()
+
+
+@pytest.mark.parametrize("shape, block_size", CASES)
+@pytest.mark.parametrize("seed_region", ["valid", "full"])
+@pytest.mark.parametrize("sharing", SHARING, ids=lambda sharing: "-".join(sharing) or "per-unit")
+def test_written_blocks_give_the_bits_of_the_unpacked_mask(shape, block_size, seed_region, sharing, monkeypatch):
+    seeds = dt.sample_seeds(shape, 0.3, block_size, seed_region=seed_region, generator=generator(5), **sharing)
+    base = with_specials(torch.randn(shape, generator=generator(6)) - 0.5)
+    formats = [torch.contiguous_format] + {4: [torch.channels_last], 5: [torch.channels_last_3d]}.get(len(shape), [])
+    for dtype, normalize, memory_format, inplace in itertools.product(
+        (torch.float32, torch.float16, torch.float64), ("batch", "sample", "expected", "none"), formats, (False, True)
+    ):
+        x = base.to(dtype).contiguous(memory_format=memory_format)
+        options = dict(seed_region=seed_region, normalize=normalize, expected_drop=0.25, inplace=inplace)
+        written_into = x.clone()
+        written = dt.apply_seeds(written_into, seeds, block_size, **options)
+        unpacked = through_the_mask(
+            functools.partial(dt.apply_seeds, x.clone(), seeds, block_size, **options), monkeypatch
+        )
+        assert same_bits(written, unpacked), (dtype, normalize, memory_format, inplace)
+        assert written.stride() == unpacked.stride() == x.stride()
+        assert (written.data_ptr() == written_into.data_ptr()) == inplace
+
+
+@pytest.mark.parametrize("shape, block_size", CASES[2:6])
+@pytest.mark.parametrize("sharing", SHARING[:2], ids=["per-unit", "share_channels"])
+@pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last])
+def test_written_blocks_give_the_gradient_of_the_unpacked_mask(shape, block_size, sharing, memory_format, monkeypatch):
+    if memory_format == torch.channels_last and len(shape) != 4:
+        pytest.skip("channels_last is 4-D")
+    seeds = dt.sample_seeds(shape, 0.3, block_size, seed_region="full", generator=generator(7), **sharing)
+    x = random_x(shape).contiguous(memory_format=memory_format)
+    weights = random_x(shape, seed=8)  # contiguous: the gradient still takes x's layout
+
+    def gradient():
+        leaf = x.clone().requires_grad_()
+        out = dt.apply_seeds(leaf, seeds, block_size, seed_region="full")
+        return out, torch.autograd.grad(out, leaf, weights)[0]
+
+    written, written_grad = gradient()
+    unpacked, unpacked_grad = through_the_mask(gradient, monkeypatch)
+    assert same_bits(written.detach(), unpacked.detach()) and same_bits(written_grad, unpacked_grad)
+    assert written_grad.stride() == unpacked_grad.stride() == x.stride()
+
+
+@pytest.mark.parametrize(
+    "shape, block_size",
+    [((2, 16, 30, 30), 3), ((2, 24, 20, 20), (4, 3)), ((2, 3, 80, 80), 5), ((4, 16, 300), 7), ((2, 16, 12, 12, 12), 3)],
+)
+@pytest.mark.parametrize("seed_region", ["valid", "full"])
+@pytest.mark.parametrize("share_channels", [False, True])
+def test_drop_block_writes_the_blocks_of_its_sparse_seeds(shape, block_size, seed_region, share_channels, monkeypatch):
+    # Grids of 16384 positions or more draw their seeds one by one: the sparse draw gives the
+    # seeds' coordinates (decoded from packed order where the channels are a multiple of 8).
+    shape = (8, *shape[1:]) if share_channels else shape
+    x = with_specials(torch.randn(shape, generator=generator(9)))
+    options = dict(seed_region=seed_region, share_channels=share_channels)
+
+    def call():
+        return dt.drop_block(x, 0.1, block_size, **options, generator=generator(10))
+
+    written = call()
+    assert same_bits(written, through_the_mask(call, monkeypatch))
+    assert (written == 0).any()
+
+
+def test_vmap_over_apply_seeds_still_gives_each_example_its_own_mask():
+    x = random_x((3, 4, 12, 12))
+    seeds = dt.sample_seeds(x.shape, 0.3, 3, generator=generator(11))
+    vmapped = torch.func.vmap(lambda one, its: dt.apply_seeds(one, its, 3, spatial_dims=2))(x, seeds)
+    for index in range(3):
+        assert same_bits(vmapped[index], dt.apply_seeds(x[index], seeds[index], 3, spatial_dims=2))
 
 
 def test_noise_replaces_dropped_units_without_rescale():

@@ -135,15 +135,18 @@ def _traced_sparse_words(gamma: torch.Tensor, batch, per_example: int, packing: 
     return words if packing.bits > 1 else words != 0
 
 
-def bernoulli_words(
+def bernoulli_seeds(
     gamma: float | torch.Tensor,
     shape: Sequence,
     packing: Packing,
     device: torch.device | None,
     generator: torch.Generator | None,
     allow_sparse: bool = True,
-) -> torch.Tensor:
-    """A seed grid of ``shape`` ``(N, C, *grid)``, i.i.d. Bernoulli(``gamma``), as ``packing`` words.
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """A seed grid ``(N, C, *grid)`` of i.i.d. Bernoulli(``gamma``) as ``packing`` words, and its seeds' positions.
+
+    The one place that chooses the sampling method (see the module docstring); the twin of
+    ``dropblock_jax.sampling.bernoulli_words``, which returns the words alone.
 
     Args:
       gamma: the seed rate, a float or a 0-dim float32 tensor.
@@ -154,31 +157,13 @@ def bernoulli_words(
       allow_sparse: False draws one uniform per position (one example under ``torch.func.vmap``).
 
     Returns:
-      Words of ``packing.words_shape(shape)``.
-
-    Examples:
-      >>> words = bernoulli_words(0.003, (4, 64, 22, 22), bitmask.PACKED, None, torch.Generator().manual_seed(0))
-      >>> tuple(words.shape), words.dtype
-      ((4, 8, 22, 22), torch.uint8)
-    """
-    return bernoulli_seeds(gamma, shape, packing, device, generator, allow_sparse)[0]
-
-
-def bernoulli_seeds(
-    gamma: float | torch.Tensor,
-    shape: Sequence,
-    packing: Packing,
-    device: torch.device | None,
-    generator: torch.Generator | None,
-    allow_sparse: bool = True,
-) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """``bernoulli_words``, and the seeds' positions in packed order where they were drawn one by one.
-
-    The one place that chooses the sampling method (see the module docstring). The positions
-    (int64, increasing) come with the eager sparse draw on the CPU; otherwise they are None.
+      Words of ``packing.words_shape(shape)``, and the seeds' positions in packed order (int64,
+      increasing) where they were drawn one by one (eagerly on the CPU), else None.
 
     Examples:
       >>> words, positions = bernoulli_seeds(0.003, (4, 64, 22, 22), bitmask.PACKED, None, torch.Generator())
+      >>> tuple(words.shape), words.dtype
+      ((4, 8, 22, 22), torch.uint8)
       >>> int(bitmask.count(words, bitmask.PACKED, per_row=False)) == positions.numel()
       True
     """

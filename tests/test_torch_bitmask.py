@@ -89,7 +89,7 @@ def test_seeds_are_bernoulli_at_every_rate_eager_and_compiled(gamma, compiled):
     torch.manual_seed(0)
 
     def draw(rate):
-        return bitmask.unpack(sampling.bernoulli_words(rate, shape, bitmask.PACKED, None, None), bitmask.PACKED)
+        return bitmask.unpack(sampling.bernoulli_seeds(rate, shape, bitmask.PACKED, None, None)[0], bitmask.PACKED)
 
     run = torch.compile(draw, fullgraph=True) if compiled else draw
     rate = torch.tensor(gamma) if compiled else gamma
@@ -102,7 +102,7 @@ def test_seeds_are_bernoulli_at_every_rate_eager_and_compiled(gamma, compiled):
 
 def test_a_traced_rate_of_zero_or_nan_draws_no_seed():
     run = torch.compile(
-        lambda rate: sampling.bernoulli_words(rate, (2, 64, 40, 40), bitmask.PACKED, None, None), fullgraph=True
+        lambda rate: sampling.bernoulli_seeds(rate, (2, 64, 40, 40), bitmask.PACKED, None, None)[0], fullgraph=True
     )
     for rate in (0.0, float("nan")):
         assert not run(torch.tensor(rate)).any()

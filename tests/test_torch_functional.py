@@ -182,12 +182,14 @@ def test_written_blocks_give_the_bits_of_the_unpacked_mask(shape, block_size, se
         assert (written.data_ptr() == written_into.data_ptr()) == inplace
 
 
-@pytest.mark.parametrize("shape, block_size", CASES[2:6])
+@pytest.mark.parametrize(
+    "shape, block_size, memory_format",
+    [(shape, block, torch.contiguous_format) for shape, block in CASES[2:6]]
+    + [(shape, block, torch.channels_last) for shape, block in CASES[2:6] if len(shape) == 4]
+    + [(CASES[5][0], CASES[5][1], torch.channels_last_3d)],
+)
 @pytest.mark.parametrize("sharing", SHARING[:2], ids=["per-unit", "share_channels"])
-@pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last])
-def test_written_blocks_give_the_gradient_of_the_unpacked_mask(shape, block_size, sharing, memory_format, monkeypatch):
-    if memory_format == torch.channels_last and len(shape) != 4:
-        pytest.skip("channels_last is 4-D")
+def test_written_blocks_give_the_gradient_of_the_unpacked_mask(shape, block_size, memory_format, sharing, monkeypatch):
     seeds = dt.sample_seeds(shape, 0.3, block_size, seed_region="full", generator=generator(7), **sharing)
     x = random_x(shape).contiguous(memory_format=memory_format)
     weights = random_x(shape, seed=8)  # contiguous: the gradient still takes x's layout

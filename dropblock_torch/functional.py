@@ -12,11 +12,13 @@ tensor is never read back to the host; a CPU one is read for free to pick the sa
 
 from __future__ import annotations
 
+import math
 import numbers
 from collections.abc import Sequence
 
 import numpy as np
 import torch
+from torch.utils._python_dispatch import _get_current_dispatch_mode
 
 from dropblock_common import coverage, rates, validation
 from dropblock_common import layout as layouts
@@ -323,41 +325,41 @@ def _zero_blocks_(out: torch.Tensor, offsets) -> torch.Tensor:
     return out
 
 
-def _scaled_blocks_zeroed(x: torch.Tensor, scale: torch.Tensor | None, blocks, strides=None):
-    """``x * scale`` in ``x``'s dtype with +0 over the seeds' blocks; laid out with ``strides`` if given.
+def _scaled_blocks_zeroed(x: torch.Tensor, scale: torch.Tensor | None, blocks, strides=None) -> torch.Tensor:
+    """``x * scale`` in ``x``'s dtype with +0 over the seeds' blocks, laid out with ``strides`` if given.
 
-    ``blocks`` is ``(seeds, layout, seed_region)``. Returns the tensor and the
-    offsets written (which hold for any tensor of its strides).
+    ``blocks`` is ``(seeds, layout, seed_region)``.
     """
     compute = x.dtype if scale is None else scale.dtype
     out = x.clone() if scale is None else (x.to(compute) * scale).to(x.dtype)
     if strides is not None and out.stride() != strides:
-        out = torch.empty_strided(out.shape, strides, dtype=out.dtype).copy_(out)
-    offsets = _block_offsets(out, *blocks)
-    return _zero_blocks_(out, offsets), offsets
+        out = torch.empty_strided(out.shape, strides, dtype=out.dtype, device=out.device).copy_(out)
+    return _zero_blocks_(out, _block_offsets(out, *blocks))
 
 
 class _BlocksZeroedScaled(torch.autograd.Function):
-    """``_scaled_blocks_zeroed``, whose backward is the same function of the gradient.
+    """``_scaled_blocks_zeroed``, whose backward is itself applied to the gradient.
 
     The gradient is ``grad * scale`` with +0 over the blocks, laid out as the output (so as
-    ``x``), written through the offsets saved from the forward pass: no mask is saved.
+    ``x``); no mask is saved. The map is linear and its own adjoint, so the backward calls this
+    function again: a second derivative (``create_graph=True``) goes through it too, rather
+    than through autograd's record of writes into overlapping views.
     """
 
     @staticmethod
-    def forward(x: torch.Tensor, scale: torch.Tensor | None, blocks) -> torch.Tensor:
-        return _scaled_blocks_zeroed(x, scale, blocks)[0]
+    def forward(x: torch.Tensor, scale: torch.Tensor | None, blocks, strides) -> torch.Tensor:
+        return _scaled_blocks_zeroed(x, scale, blocks, strides)
 
     @staticmethod
     def setup_context(ctx, inputs, output) -> None:
-        _, scale, blocks = inputs
+        _, scale, blocks, _ = inputs
         ctx.save_for_backward(scale)
         ctx.blocks, ctx.strides = blocks, output.stride()
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
         (scale,) = ctx.saved_tensors
-        return _scaled_blocks_zeroed(grad, scale, ctx.blocks, ctx.strides)[0], None, None
+        return _BlocksZeroedScaled.apply(grad, scale, ctx.blocks, ctx.strides), None, None, None
 
 
 def _normalized_blocks(x, scale, blocks, inplace: bool) -> torch.Tensor:
@@ -374,8 +376,8 @@ def _normalized_blocks(x, scale, blocks, inplace: bool) -> torch.Tensor:
             x.mul_(scale)
         return _zero_blocks_(x, _block_offsets(x, *blocks))
     if torch.is_grad_enabled() and x.requires_grad:
-        return _BlocksZeroedScaled.apply(x, scale, blocks)
-    return _scaled_blocks_zeroed(x, scale, blocks)[0]
+        return _BlocksZeroedScaled.apply(x, scale, blocks, None)
+    return _scaled_blocks_zeroed(x, scale, blocks)
 
 
 def _apply(
@@ -391,7 +393,8 @@ def _apply(
     """
     compute = torch.promote_types(x.dtype, torch.float32)
     per_unit = (words.shape[0], words.shape[1] * packing.bits) == tuple(x.shape[:2])
-    if seeds is not None and per_unit and _writes_blocks(x, compute, noise, inplace, poison):
+    sparse = seeds is not None and _few_seeds(seeds[0].numel(), layout, x)
+    if sparse and per_unit and _writes_blocks(x, compute, noise, inplace, poison):
         counted = _dropped_words(words, layout, seed_region) if normalize in ("batch", "sample") else words
         scale = _scale(counted, packing, normalize, expected_drop, compute)
         return _normalized_blocks(x, scale, (seeds, layout, seed_region), inplace)
@@ -409,17 +412,32 @@ def _apply(
 
 
 def _plain_eager_cpu(x: torch.Tensor) -> bool:
-    """Whether ``x`` is on the CPU outside ``torch.compile`` and outside any ``torch.func`` transform.
+    """Whether ``x`` is a plain CPU tensor computed eagerly: no tracing, transform or dispatch mode.
 
     The seeds' coordinates are read (``nonzero``) and ``x`` is written through strided views
-    only then: ``vmap``'s batched tensors support neither, and a traced graph has no host values.
+    only then: ``torch.compile``, ``make_fx`` and fake tensors have no host values, and
+    ``torch.func``'s batched tensors support neither.
     """
-    return x.device.type == "cpu" and not _tracing() and torch._C._functorch.maybe_current_level() is None
+    return (
+        type(x) in (torch.Tensor, torch.nn.Parameter)
+        and x.device.type == "cpu"
+        and not _tracing()
+        and torch._C._functorch.maybe_current_level() is None
+        and _get_current_dispatch_mode() is None
+    )
+
+
+def _few_seeds(count: int, layout, x: torch.Tensor) -> bool:
+    """Whether ``count`` blocks are written one by one: while that writes no more units than ``x`` has.
+
+    DropBlock's rates write a few percent of the units; denser seeds go through the mask.
+    """
+    return count * math.prod(layout.block) <= x.numel()
 
 
 def _writes_blocks(x: torch.Tensor, compute: torch.dtype, noise: bool, inplace: bool, poison) -> bool:
     """Whether ``_normalized_blocks`` serves this call (the seeds' coordinates being known)."""
-    if noise or poison is not None or not _plain_eager_cpu(x):
+    if noise or poison is not None or x.numel() == 0 or not _plain_eager_cpu(x):
         return False
     if not inplace:
         return True
@@ -560,7 +578,10 @@ def apply_seeds(
     packing = bitmask.packing(seeds.shape[1])
     words = bitmask.pack(seeds.bool(), packing)
     # Eagerly on the CPU the blocks are written from the seeds' coordinates (see ``_apply``).
-    known = seeds.nonzero().unbind(1) if _plain_eager_cpu(x) else None
+    known = None
+    if tuple(seeds.shape[:2]) == tuple(x.shape[:2]) and not noise and _plain_eager_cpu(x):
+        if _few_seeds(int(torch.count_nonzero(seeds)), layout, x):
+            known = seeds.nonzero().unbind(1)
     options = dict(inplace=inplace, seeds=known)
     return _apply(x, words, packing, layout, seed_region, normalize, noise, generator, expected_drop, **options)
 

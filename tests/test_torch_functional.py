@@ -153,6 +153,16 @@ def with_specials(x: torch.Tensor) -> torch.Tensor:
     return x
 
 
+def spy(function, calls: list):
+    """``function``, recording that it was called in ``calls``."""
+
+    def recorded(*args, **kwargs):
+        calls.append(True)
+        return function(*args, **kwargs)
+
+    return recorded
+
+
 def through_the_mask(call, monkeypatch):
     """``call()`` with the mask unpacked and applied, as compiled code and ``torch.func`` run it."""
     with monkeypatch.context() as patch:
@@ -164,8 +174,10 @@ def through_the_mask(call, monkeypatch):
 @pytest.mark.parametrize("seed_region", ["valid", "full"])
 @pytest.mark.parametrize("sharing", SHARING, ids=lambda sharing: "-".join(sharing) or "per-unit")
 def test_written_blocks_give_the_bits_of_the_unpacked_mask(shape, block_size, seed_region, sharing, monkeypatch):
-    seeds = dt.sample_seeds(shape, 0.3, block_size, seed_region=seed_region, generator=generator(5), **sharing)
+    seeds = dt.sample_seeds(shape, 0.2, block_size, seed_region=seed_region, generator=generator(5), **sharing)
     base = with_specials(torch.randn(shape, generator=generator(6)) - 0.5)
+    writes = []
+    monkeypatch.setattr(functional, "_normalized_blocks", spy(functional._normalized_blocks, writes))
     formats = [torch.contiguous_format] + {4: [torch.channels_last], 5: [torch.channels_last_3d]}.get(len(shape), [])
     for dtype, normalize, memory_format, inplace in itertools.product(
         (torch.float32, torch.float16, torch.float64), ("batch", "sample", "expected", "none"), formats, (False, True)
@@ -180,6 +192,11 @@ def test_written_blocks_give_the_bits_of_the_unpacked_mask(shape, block_size, se
         assert same_bits(written, unpacked), (dtype, normalize, memory_format, inplace)
         assert written.stride() == unpacked.stride() == x.stride()
         assert (written.data_ptr() == written_into.data_ptr()) == inplace
+    # The blocks were written from the seeds where the grid is per unit and the blocks are
+    # sparse enough (no more units written than x has), through the mask elsewhere.
+    spatial, block = effective_block(shape, block_size)
+    sparse = int(seeds.sum()) * np.prod(block) <= np.prod(shape)
+    assert bool(writes) == (seeds.shape[:2] == shape[:2] and sparse)
 
 
 @pytest.mark.parametrize(
@@ -224,6 +241,53 @@ def test_drop_block_writes_the_blocks_of_its_sparse_seeds(shape, block_size, see
     written = call()
     assert same_bits(written, through_the_mask(call, monkeypatch))
     assert (written == 0).any()
+
+
+@pytest.mark.parametrize("seed_region", ["valid", "full"])
+def test_written_blocks_give_the_second_derivative_of_the_unpacked_mask(seed_region, monkeypatch):
+    # A gradient penalty differentiates the backward pass: it writes the blocks again.
+    x, weights = random_x((2, 8, 12, 12)), random_x((2, 8, 12, 12), seed=12)
+    seeds = dt.sample_seeds(x.shape, 0.2, 3, seed_region=seed_region, generator=generator(13))
+
+    def penalty_gradient():
+        leaf = x.clone().requires_grad_()
+        out = dt.apply_seeds(leaf, seeds, 3, seed_region=seed_region)
+        (grad,) = torch.autograd.grad((out * weights).sum(), leaf, create_graph=True)
+        return torch.autograd.grad((grad * out).sum(), leaf)[0]
+
+    assert same_bits(penalty_gradient(), through_the_mask(penalty_gradient, monkeypatch))
+
+
+def test_dense_seeds_and_empty_inputs_go_through_the_mask():
+    writes = []
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(functional, "_normalized_blocks", spy(functional._normalized_blocks, writes))
+        x = random_x((2, 3, 10, 10))
+        every_seed = torch.ones(2, 3, 8, 8, dtype=torch.bool)  # 64 blocks of 9 per map of 100 units
+        assert torch.equal(dt.apply_seeds(x, every_seed, 3), torch.zeros_like(x))
+        for shape in [(0, 3, 8, 8), (2, 0, 8, 8), (0, 4, 40)]:
+            empty = torch.zeros(shape)
+            seeds = dt.sample_seeds(shape, 0.3, 3, generator=generator(14))
+            assert dt.apply_seeds(empty, seeds, 3).shape == shape
+            assert dt.drop_block(empty, 0.3, 3).shape == shape
+    assert not writes
+
+
+def test_make_fx_and_fake_tensors_trace_the_mask_path():
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    x = random_x((2, 3, 10, 10))
+    seeds = dt.sample_seeds(x.shape, 0.1, 3, seed_region="full", generator=generator(15))
+    other = dt.sample_seeds(x.shape, 0.1, 3, seed_region="full", generator=generator(16))
+
+    def call(x, seeds):
+        return dt.apply_seeds(x, seeds, 3, seed_region="full")
+
+    traced = make_fx(call, tracing_mode="symbolic")(x, seeds)
+    assert same_bits(traced(x, other), call(x, other))
+    with FakeTensorMode() as mode:
+        assert call(mode.from_tensor(x), mode.from_tensor(seeds)).shape == x.shape
 
 
 def test_vmap_over_apply_seeds_still_gives_each_example_its_own_mask():

@@ -24,6 +24,23 @@ def test_pack_then_unpack_is_the_identity(shape):
     assert torch.equal(bitmask.unpack(words, packing), grid)
 
 
+@pytest.mark.parametrize("shape", [(2, 8, 5), (3, 16, 4, 7), (1, 24, 3, 4, 5), (2, 3, 6, 6), (2, 1, 9, 9)])
+def test_coordinates_of_packed_positions_are_the_set_positions(shape):
+    grid = random_grid(shape, 0.3, 2)
+    packing = bitmask.packing(shape[1])
+    words = bitmask.pack(grid, packing)
+    # Positions in packed order: bit j of word i is position bits * i + j.
+    bits = (words.reshape(-1, 1).to(torch.int64) >> torch.arange(packing.bits)) & 1 if packing.bits > 1 else words
+    positions = bits.reshape(-1).nonzero().squeeze(1)
+    coordinates = torch.stack(bitmask.coordinates(positions, packing, words.shape), 1)
+    expected = grid.nonzero()
+    assert torch.equal(sorted_rows(coordinates), sorted_rows(expected))
+
+
+def sorted_rows(rows: torch.Tensor) -> torch.Tensor:
+    return rows[np.lexsort(rows.numpy().T[::-1])]
+
+
 @pytest.mark.parametrize("shape", [(2, 8, 5), (3, 16, 4, 7), (2, 8, 3, 3), (1, 64, 2, 4)])
 @pytest.mark.parametrize("per_row", [False, True])
 def test_count_is_the_number_of_set_positions(shape, per_row):

@@ -24,6 +24,20 @@ SPARSE_MIN_SIZE = 1 << 14
 SPARSE_MAX_SIZE = 2**31 - 2
 
 
+def few_enough_blocks(seeds: int, block_volume: int, units: int) -> bool:
+    """Whether eager torch writes the blocks one by one: while they cover at most ``units`` units.
+
+    ``seeds * block_volume`` counts a unit once per block over it. At DropBlock's rates the
+    blocks cover about ``drop_prob`` of the units (0.1 at the paper's); denser seeds are
+    applied through a mask.
+
+    Examples:
+      >>> few_enough_blocks(13_000, 49, 32 * 256 * 28 * 28), few_enough_blocks(200, 49, 8192)
+      (True, False)
+    """
+    return seeds * block_volume <= units
+
+
 def seed_budget(size: int, gamma: float | None) -> int | None:
     """How many gaps the sparse method draws for ``size`` positions, or None to draw densely.
 

@@ -3,10 +3,12 @@
 A DropBlock mask is one boolean per position, and a windowed OR of booleans is a windowed OR
 of their bits. So where the channel count is a multiple of 8, 8 channels of the seed grid are
 packed into one ``uint8``: the sampler scatters into 8 times fewer bytes, the block expansion
-runs over 8 times fewer elements and the dropped count is a popcount. The mask is unpacked
-once, into the booleans that zero ``x`` (under ``torch.compile`` the unpacking fuses into
-that pass). Bytes rather than wider words because an unpacked mask of bytes is a bool tensor
-with no conversion, where wider words would first unpack into a full-size tensor of their width.
+runs over 8 times fewer elements and the dropped count is a popcount. Where the mask zeroes
+``x`` it is unpacked once, into booleans (under ``torch.compile`` the unpacking fuses into
+that pass); eagerly on the CPU, seeds drawn one by one are written as blocks instead
+(``coordinates`` gives their place), and the words only count. Bytes rather than wider
+words because an unpacked mask of bytes is a bool tensor with no conversion, where wider
+words would first unpack into a full-size tensor of their width.
 
 Other channel counts (a shared channel axis has size 1) stay one bool per position.
 

@@ -15,13 +15,14 @@ from __future__ import annotations
 import math
 import numbers
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import numpy as np
 import torch
-from torch.utils._python_dispatch import _get_current_dispatch_mode
 
 from dropblock_common import coverage, rates, validation
 from dropblock_common import layout as layouts
+from dropblock_common import sampling as policy
 from dropblock_torch import bitmask, sampling
 
 BlockSize = int | Sequence[int]
@@ -277,21 +278,34 @@ def _normalized(x: torch.Tensor, dropped: torch.Tensor, scale: torch.Tensor | No
 
 def _dense(x: torch.Tensor) -> bool:
     """Whether ``x`` is contiguous or channels-last: a flat strided view of it sees every unit once."""
-    memory_format = _CHANNELS_LAST.get(x.dim())
-    return x.is_contiguous() or (memory_format is not None and x.is_contiguous(memory_format=memory_format))
+    return x.is_contiguous() or _channels_last_format(x) is not None
 
 
-def _block_offsets(out: torch.Tensor, seeds: Sequence[torch.Tensor], layout, seed_region):
-    """Where the block of each seed (one seed grid per unit) lies in ``out`` (dense), for ``index_fill_``.
+class _Blocks(NamedTuple):
+    """The blocks of a mask per unit, by their seeds: what ``_normalized_blocks`` writes."""
 
-    Returns ``(windows, corners, units)``: ``windows`` a strided view of ``out`` with a block at
-    every offset, overlapping; ``corners`` the offsets of the blocks inside the map; ``units``
-    the offsets of every unit of the blocks that the border clips (seed_region "full"; None
-    when there are none).
+    seeds: Sequence[torch.Tensor]  # the seeds' coordinates (n, c, *grid), one tensor per dim
+    layout: layouts.Layout
+    seed_region: str
+
+
+class _BlockWrites(NamedTuple):
+    """Where a tensor's blocks lie, for ``index_fill_`` (``_block_writes``)."""
+
+    windows: torch.Tensor  # a strided view with a block at every offset, overlapping
+    corners: torch.Tensor  # the offsets of the blocks inside the map
+    clipped_units: torch.Tensor | None  # every unit of the blocks the border clips, if any
+
+
+def _block_writes(out: torch.Tensor, blocks: _Blocks) -> _BlockWrites:
+    """Where each block lies in ``out`` (dense): a block inside the map is one offset into the windows.
+
+    A block that the border clips (seed_region "full") is given unit by unit: a cell past the
+    border is clamped onto the border cell, which the block covers anyway.
     """
-    strides = out.stride()
-    spatial = list(zip(layout.spatial_shape, layout.block, strides[2:], strict=True))
-    offsets = [coverage.block_start(block, seed_region) for block in layout.block]
+    strides, seeds = out.stride(), blocks.seeds
+    spatial = list(zip(blocks.layout.spatial_shape, blocks.layout.block, strides[2:], strict=True))
+    offsets = [coverage.block_start(block, blocks.seed_region) for block in blocks.layout.block]
     starts = [seed + offset for seed, offset in zip(seeds[2:], offsets, strict=True)]
     plane = seeds[0] * strides[0] + seeds[1] * strides[1]
     corners = plane + sum(start * stride for start, stride in zip(starts, strides[2:], strict=True))
@@ -299,42 +313,37 @@ def _block_offsets(out: torch.Tensor, seeds: Sequence[torch.Tensor], layout, see
     windows = out.as_strided(
         (out.numel() - span, *(block for _, block, _ in spatial)), (1, *(stride for _, _, stride in spatial))
     )
-    if seed_region == "valid":
-        return windows, corners, None
+    if blocks.seed_region == "valid":
+        return _BlockWrites(windows, corners, None)
     inside = torch.ones_like(corners, dtype=torch.bool)
     for start, (size, block, _) in zip(starts, spatial, strict=True):
         inside &= (start >= 0) & (start <= size - block)
     if bool(inside.all()):
-        return windows, corners, None
-    # The clipped blocks, unit by unit: a cell past the border is clamped onto the border
-    # cell, which the block covers anyway.
+        return _BlockWrites(windows, corners, None)
     clipped, rank = ~inside, len(spatial)
     units = plane[clipped].reshape(-1, *(1,) * rank)
     for dim, (start, (size, block, stride)) in enumerate(zip(starts, spatial, strict=True)):
         cells = torch.arange(block).reshape(block, *(1,) * (rank - 1 - dim))
         units = units + (start[clipped].reshape(-1, *(1,) * rank) + cells).clamp_(0, size - 1) * stride
-    return windows, corners[inside], units.flatten()
+    return _BlockWrites(windows, corners[inside], units.flatten())
 
 
-def _zero_blocks_(out: torch.Tensor, offsets) -> torch.Tensor:
-    """Write +0 over the blocks at ``offsets`` (``_block_offsets`` of ``out``), in place."""
-    windows, corners, units = offsets
-    windows.index_fill_(0, corners, 0)
-    if units is not None:
-        out.as_strided((out.numel(),), (1,)).index_fill_(0, units, 0)
+def _zero_blocks_(out: torch.Tensor, blocks: _Blocks) -> torch.Tensor:
+    """Write +0 over the blocks in ``out`` (dense), in place."""
+    writes = _block_writes(out, blocks)
+    writes.windows.index_fill_(0, writes.corners, 0)
+    if writes.clipped_units is not None:
+        out.as_strided((out.numel(),), (1,)).index_fill_(0, writes.clipped_units, 0)
     return out
 
 
-def _scaled_blocks_zeroed(x: torch.Tensor, scale: torch.Tensor | None, blocks, strides=None) -> torch.Tensor:
-    """``x * scale`` in ``x``'s dtype with +0 over the seeds' blocks, laid out with ``strides`` if given.
-
-    ``blocks`` is ``(seeds, layout, seed_region)``.
-    """
+def _scaled_blocks_zeroed(x: torch.Tensor, scale: torch.Tensor | None, blocks: _Blocks, strides=None) -> torch.Tensor:
+    """``x * scale`` in ``x``'s dtype with +0 over the blocks, laid out with ``strides`` if given."""
     compute = x.dtype if scale is None else scale.dtype
     out = x.clone() if scale is None else (x.to(compute) * scale).to(x.dtype)
     if strides is not None and out.stride() != strides:
         out = torch.empty_strided(out.shape, strides, dtype=out.dtype, device=out.device).copy_(out)
-    return _zero_blocks_(out, _block_offsets(out, *blocks))
+    return _zero_blocks_(out, blocks)
 
 
 class _BlocksZeroedScaled(torch.autograd.Function):
@@ -347,7 +356,7 @@ class _BlocksZeroedScaled(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(x: torch.Tensor, scale: torch.Tensor | None, blocks, strides) -> torch.Tensor:
+    def forward(x: torch.Tensor, scale: torch.Tensor | None, blocks: _Blocks, strides) -> torch.Tensor:
         return _scaled_blocks_zeroed(x, scale, blocks, strides)
 
     @staticmethod
@@ -362,7 +371,7 @@ class _BlocksZeroedScaled(torch.autograd.Function):
         return _BlocksZeroedScaled.apply(grad, scale, ctx.blocks, ctx.strides), None, None, None
 
 
-def _normalized_blocks(x, scale, blocks, inplace: bool) -> torch.Tensor:
+def _normalized_blocks(x, scale, blocks: _Blocks, inplace: bool) -> torch.Tensor:
     """``_normalized`` for a mask per unit whose seeds' coordinates are known (eager, CPU).
 
     One pass over ``x`` (the product by the scale), then +0 written over each block, where a
@@ -374,7 +383,7 @@ def _normalized_blocks(x, scale, blocks, inplace: bool) -> torch.Tensor:
     if inplace:
         if scale is not None:
             x.mul_(scale)
-        return _zero_blocks_(x, _block_offsets(x, *blocks))
+        return _zero_blocks_(x, blocks)
     if torch.is_grad_enabled() and x.requires_grad:
         return _BlocksZeroedScaled.apply(x, scale, blocks, None)
     return _scaled_blocks_zeroed(x, scale, blocks)
@@ -387,17 +396,19 @@ def _apply(
 
     ``poison`` is ``drop_prob * 0`` for a tensor rate (0, or NaN for a NaN rate, which then
     turns the whole output NaN rather than silently dropping nothing), None for a number.
-    ``seeds`` are the seeds' coordinates ``(n, c, *grid)`` where they are known (eagerly, on
-    the CPU): the blocks are then written over the product by the scale (``_normalized_blocks``),
-    and the words are only dilated to count what is dropped.
+    ``seeds`` gives the seeds one by one where they are known (eagerly, on the CPU): their
+    count and a callable that lists their coordinates ``(n, c, *grid)``. For a mask per unit
+    with few enough seeds the blocks are then written over the product by the scale
+    (``_normalized_blocks``), and the words are only dilated to count what is dropped.
     """
     compute = torch.promote_types(x.dtype, torch.float32)
     per_unit = (words.shape[0], words.shape[1] * packing.bits) == tuple(x.shape[:2])
-    sparse = seeds is not None and _few_seeds(seeds[0].numel(), layout, x)
-    if sparse and per_unit and _writes_blocks(x, compute, noise, inplace, poison):
-        counted = _dropped_words(words, layout, seed_region) if normalize in ("batch", "sample") else words
-        scale = _scale(counted, packing, normalize, expected_drop, compute)
-        return _normalized_blocks(x, scale, (seeds, layout, seed_region), inplace)
+    if seeds is not None and per_unit and _writes_blocks(x, compute, noise, inplace, poison):
+        count, coordinates = seeds
+        if policy.few_enough_blocks(count, math.prod(layout.block), x.numel()):
+            counted = _dropped_words(words, layout, seed_region) if normalize in ("batch", "sample") else words
+            scale = _scale(counted, packing, normalize, expected_drop, compute)
+            return _normalized_blocks(x, scale, _Blocks(coordinates(), layout, seed_region), inplace)
     words = _dropped_words(words, layout, seed_region)
     dropped = bitmask.unpack(words, packing)
     if noise:
@@ -411,6 +422,12 @@ def _apply(
     return _normalized(x, dropped, scale, inplace)
 
 
+# Private torch APIs that tell whether a torch.func transform or a dispatch mode (make_fx, fake
+# tensors) is active; under a torch without them the blocks are never written eagerly.
+_FUNCTORCH_LEVEL = getattr(torch._C._functorch, "maybe_current_level", None)
+_DISPATCH_MODE = getattr(getattr(torch.utils, "_python_dispatch", None), "_get_current_dispatch_mode", None)
+
+
 def _plain_eager_cpu(x: torch.Tensor) -> bool:
     """Whether ``x`` is a plain CPU tensor computed eagerly: no tracing, transform or dispatch mode.
 
@@ -422,17 +439,11 @@ def _plain_eager_cpu(x: torch.Tensor) -> bool:
         type(x) in (torch.Tensor, torch.nn.Parameter)
         and x.device.type == "cpu"
         and not _tracing()
-        and torch._C._functorch.maybe_current_level() is None
-        and _get_current_dispatch_mode() is None
+        and _FUNCTORCH_LEVEL is not None
+        and _FUNCTORCH_LEVEL() is None
+        and _DISPATCH_MODE is not None
+        and _DISPATCH_MODE() is None
     )
-
-
-def _few_seeds(count: int, layout, x: torch.Tensor) -> bool:
-    """Whether ``count`` blocks are written one by one: while that writes no more units than ``x`` has.
-
-    DropBlock's rates write a few percent of the units; denser seeds go through the mask.
-    """
-    return count * math.prod(layout.block) <= x.numel()
 
 
 def _writes_blocks(x: torch.Tensor, compute: torch.dtype, noise: bool, inplace: bool, poison) -> bool:
@@ -445,12 +456,11 @@ def _writes_blocks(x: torch.Tensor, compute: torch.dtype, noise: bool, inplace: 
 
 
 def _seed_words(gamma, layout, seed_region, *, share_channels, share_batch, device, generator, allow_sparse=True):
-    """The seed grid as words, their packing, and the seeds' coordinates ``(n, c, *grid)`` or None."""
+    """The seed grid as words, their packing, and the seeds' positions in packed order or None."""
     seed_shape = layout.seed_shape(seed_region, share_channels, share_batch)
     packing = bitmask.packing(seed_shape[1])
     words, positions = sampling.bernoulli_seeds(gamma, seed_shape, packing, device, generator, allow_sparse)
-    seeds = None if positions is None else bitmask.coordinates(positions, packing, words.shape)
-    return words, packing, seeds
+    return words, packing, positions
 
 
 def sample_seeds(
@@ -577,11 +587,11 @@ def apply_seeds(
         raise ValueError("normalize='expected' needs expected_drop=..., e.g. from expected_drop_fraction.")
     packing = bitmask.packing(seeds.shape[1])
     words = bitmask.pack(seeds.bool(), packing)
-    # Eagerly on the CPU the blocks are written from the seeds' coordinates (see ``_apply``).
+    # Eagerly on the CPU the blocks may be written from the seeds' coordinates (see ``_apply``):
+    # counted first, so that dense seeds (which go through the mask) are never listed.
     known = None
     if tuple(seeds.shape[:2]) == tuple(x.shape[:2]) and not noise and _plain_eager_cpu(x):
-        if _few_seeds(int(torch.count_nonzero(seeds)), layout, x):
-            known = seeds.nonzero().unbind(1)
+        known = int(torch.count_nonzero(seeds)), lambda: seeds.nonzero().unbind(1)
     options = dict(inplace=inplace, seeds=known)
     return _apply(x, words, packing, layout, seed_region, normalize, noise, generator, expected_drop, **options)
 
@@ -648,11 +658,14 @@ def drop_block(
         return x
     gamma, expected = _rates(drop_prob, concrete, layout, seed_region, calibrate, x.device)
     sharing = dict(share_channels=share_channels, share_batch=share_batch)
-    words, packing, seeds = _seed_words(
+    words, packing, positions = _seed_words(
         gamma, layout, seed_region, **sharing, device=x.device, generator=generator, allow_sparse=batched
     )
     poison = None if concrete is not None else drop_prob.detach().to(device=x.device, dtype=expected.dtype) * 0
     batch = x if batched else x[None]
+    seeds = None
+    if positions is not None:
+        seeds = positions.numel(), lambda: bitmask.coordinates(positions, packing, words.shape)
     options = dict(poison=poison, seeds=seeds)
     out = _apply(batch, words, packing, layout, seed_region, normalize, noise, generator, expected, inplace, **options)
     return out if batched else out[0]

@@ -161,7 +161,8 @@ def bernoulli_seeds(
       increasing) where they were drawn one by one (eagerly on the CPU), else None.
 
     Examples:
-      >>> words, positions = bernoulli_seeds(0.003, (4, 64, 22, 22), bitmask.PACKED, None, torch.Generator())
+      >>> generator = torch.Generator().manual_seed(0)
+      >>> words, positions = bernoulli_seeds(0.003, (4, 64, 22, 22), bitmask.PACKED, None, generator)
       >>> tuple(words.shape), words.dtype
       ((4, 8, 22, 22), torch.uint8)
       >>> int(bitmask.count(words, bitmask.PACKED, per_row=False)) == positions.numel()

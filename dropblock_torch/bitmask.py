@@ -122,6 +122,24 @@ def _traced_unpack(words: torch.Tensor) -> torch.Tensor:
     return (((wide.unsqueeze(2) >> shifts) & 1) != 0).flatten(1, 2)
 
 
+def positions(words: torch.Tensor, packing: Packing) -> torch.Tensor:
+    """The set positions of ``words`` in packed order, increasing (int64): the inverse of a scatter.
+
+    Searches the words for nonzero ones (8 times fewer than the positions), then their bits.
+
+    Examples:
+      >>> positions(torch.tensor([[0, 5], [128, 0]], dtype=torch.uint8), PACKED).tolist()
+      [8, 10, 23]
+    """
+    flat = words.reshape(-1)
+    if packing.bits == 1:
+        return flat.nonzero().squeeze(1)
+    set_words = flat.nonzero().squeeze(1)
+    bits = (flat[set_words].unsqueeze(1) >> torch.arange(BITS, dtype=flat.dtype, device=flat.device)) & 1
+    word, bit = bits.nonzero().unbind(1)
+    return set_words[word] * BITS + bit
+
+
 def coordinates(positions: torch.Tensor, packing: Packing, words_shape: Sequence[int]) -> tuple[torch.Tensor, ...]:
     """The coordinates ``(n, c, *grid)`` in the boolean grid of the bits at ``positions`` (packed order, int64).
 

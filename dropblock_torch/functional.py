@@ -12,7 +12,6 @@ tensor is never read back to the host; a CPU one is read for free to pick the sa
 
 from __future__ import annotations
 
-import math
 import numbers
 from collections.abc import Sequence
 from typing import NamedTuple
@@ -405,7 +404,7 @@ def _apply(
     per_unit = (words.shape[0], words.shape[1] * packing.bits) == tuple(x.shape[:2])
     if seeds is not None and per_unit and _writes_blocks(x, compute, noise, inplace, poison):
         count, coordinates = seeds
-        if policy.few_enough_blocks(count, math.prod(layout.block), x.numel()):
+        if policy.few_enough_blocks(count, x.numel()):
             counted = _dropped_words(words, layout, seed_region) if normalize in ("batch", "sample") else words
             scale = _scale(counted, packing, normalize, expected_drop, compute)
             return _normalized_blocks(x, scale, _Blocks(coordinates(), layout, seed_region), inplace)
@@ -587,11 +586,13 @@ def apply_seeds(
         raise ValueError("normalize='expected' needs expected_drop=..., e.g. from expected_drop_fraction.")
     packing = bitmask.packing(seeds.shape[1])
     words = bitmask.pack(seeds.bool(), packing)
-    # Eagerly on the CPU the blocks may be written from the seeds' coordinates (see ``_apply``):
+    # Eagerly on the CPU the blocks may be written from the seeds' coordinates (see ``_apply``),
+    # found in the packed words (a search of the seed grid itself costs more than the mask):
     # counted first, so that dense seeds (which go through the mask) are never listed.
     known = None
     if tuple(seeds.shape[:2]) == tuple(x.shape[:2]) and not noise and _plain_eager_cpu(x):
-        known = int(torch.count_nonzero(seeds)), lambda: seeds.nonzero().unbind(1)
+        count = int(bitmask.count(words, packing, per_row=False))
+        known = count, lambda: bitmask.coordinates(bitmask.positions(words, packing), packing, words.shape)
     options = dict(inplace=inplace, seeds=known)
     return _apply(x, words, packing, layout, seed_region, normalize, noise, generator, expected_drop, **options)
 

@@ -25,13 +25,14 @@ def test_pack_then_unpack_is_the_identity(shape):
 
 
 @pytest.mark.parametrize("shape", [(2, 8, 5), (3, 16, 4, 7), (1, 24, 3, 4, 5), (2, 3, 6, 6), (2, 1, 9, 9)])
-def test_coordinates_of_packed_positions_are_the_set_positions(shape):
+def test_positions_and_coordinates_are_the_set_positions(shape):
     grid = random_grid(shape, 0.3, 2)
     packing = bitmask.packing(shape[1])
     words = bitmask.pack(grid, packing)
     # Positions in packed order: bit j of word i is position bits * i + j.
     bits = (words.reshape(-1, 1).to(torch.int64) >> torch.arange(packing.bits)) & 1 if packing.bits > 1 else words
     positions = bits.reshape(-1).nonzero().squeeze(1)
+    assert torch.equal(bitmask.positions(words, packing), positions)
     coordinates = torch.stack(bitmask.coordinates(positions, packing, words.shape), 1)
     expected = grid.nonzero()
     assert torch.equal(sorted_rows(coordinates), sorted_rows(expected))

@@ -10,6 +10,7 @@ from bit_equality import same_bits
 from numpy_reference import dropped_mask, normalized
 
 import dropblock_torch as dt
+from dropblock_common import sampling as policy
 from dropblock_torch import functional
 
 # (shape in the torch layout, block_size): 1D/2D/3D, odd, even, rectangular and oversize blocks.
@@ -163,6 +164,14 @@ def spy(function, calls: list):
     return recorded
 
 
+def writing_blocks_whatever_their_number(monkeypatch) -> list:
+    """Write blocks one by one for any number of seeds (the rule is about speed), recording each call."""
+    writes = []
+    monkeypatch.setattr(policy, "few_enough_blocks", lambda seeds, units: True)
+    monkeypatch.setattr(functional, "_normalized_blocks", spy(functional._normalized_blocks, writes))
+    return writes
+
+
 def through_the_mask(call, monkeypatch):
     """``call()`` with the mask unpacked and applied, as compiled code and ``torch.func`` run it."""
     with monkeypatch.context() as patch:
@@ -176,8 +185,7 @@ def through_the_mask(call, monkeypatch):
 def test_written_blocks_give_the_bits_of_the_unpacked_mask(shape, block_size, seed_region, sharing, monkeypatch):
     seeds = dt.sample_seeds(shape, 0.2, block_size, seed_region=seed_region, generator=generator(5), **sharing)
     base = with_specials(torch.randn(shape, generator=generator(6)) - 0.5)
-    writes = []
-    monkeypatch.setattr(functional, "_normalized_blocks", spy(functional._normalized_blocks, writes))
+    writes = writing_blocks_whatever_their_number(monkeypatch)
     formats = [torch.contiguous_format] + {4: [torch.channels_last], 5: [torch.channels_last_3d]}.get(len(shape), [])
     for dtype, normalize, memory_format, inplace in itertools.product(
         (torch.float32, torch.float16, torch.float64), ("batch", "sample", "expected", "none"), formats, (False, True)
@@ -192,11 +200,7 @@ def test_written_blocks_give_the_bits_of_the_unpacked_mask(shape, block_size, se
         assert same_bits(written, unpacked), (dtype, normalize, memory_format, inplace)
         assert written.stride() == unpacked.stride() == x.stride()
         assert (written.data_ptr() == written_into.data_ptr()) == inplace
-    # The blocks were written from the seeds where the grid is per unit and the blocks are
-    # sparse enough (no more units written than x has), through the mask elsewhere.
-    _, block = effective_block(shape, block_size)
-    sparse = int(seeds.sum()) * np.prod(block) <= np.prod(shape)
-    assert bool(writes) == (seeds.shape[:2] == shape[:2] and sparse)
+    assert bool(writes) == (seeds.shape[:2] == shape[:2])  # written from the seeds where per unit
 
 
 GRADIENT_CASES = [CASES[2], CASES[3], CASES[5]]  # 2-D odd, 2-D rectangular, 3-D
@@ -218,8 +222,7 @@ def test_written_blocks_give_the_gradient_of_the_unpacked_mask(shape, block_size
         out = dt.apply_seeds(leaf, seeds, block_size, seed_region="full")
         return out, torch.autograd.grad(out, leaf, weights)[0]
 
-    writes = []
-    monkeypatch.setattr(functional, "_normalized_blocks", spy(functional._normalized_blocks, writes))
+    writes = writing_blocks_whatever_their_number(monkeypatch)
     written, written_grad = gradient()
     assert writes  # the blocks were written from the seeds
     unpacked, unpacked_grad = through_the_mask(gradient, monkeypatch)
@@ -240,8 +243,7 @@ def test_drop_block_writes_the_blocks_of_its_sparse_seeds(shape, block_size, see
     def call():
         return dt.drop_block(x, 0.1, block_size, seed_region=seed_region, generator=generator(10))
 
-    writes = []
-    monkeypatch.setattr(functional, "_normalized_blocks", spy(functional._normalized_blocks, writes))
+    writes = writing_blocks_whatever_their_number(monkeypatch)
     written = call()
     assert writes and (written == 0).any()
     assert same_bits(written, through_the_mask(call, monkeypatch))
@@ -259,27 +261,38 @@ def test_written_blocks_give_the_second_derivative_of_the_unpacked_mask(seed_reg
         (grad,) = torch.autograd.grad((out * weights).sum(), leaf, create_graph=True)
         return torch.autograd.grad((grad * out).sum(), leaf)[0]
 
-    assert same_bits(penalty_gradient(), through_the_mask(penalty_gradient, monkeypatch))
+    writes = writing_blocks_whatever_their_number(monkeypatch)
+    written = penalty_gradient()
+    assert writes and same_bits(written, through_the_mask(penalty_gradient, monkeypatch))
 
 
-def test_dense_seeds_and_empty_inputs_go_through_the_mask():
+def test_blocks_are_written_one_by_one_only_while_seeds_are_rare(monkeypatch):
     writes = []
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(functional, "_normalized_blocks", spy(functional._normalized_blocks, writes))
-        x = random_x((2, 3, 10, 10))
-        every_seed = torch.ones(2, 3, 8, 8, dtype=torch.bool)  # 64 blocks of 9 per map of 100 units
-        assert torch.equal(dt.apply_seeds(x, every_seed, 3), torch.zeros_like(x))
-        for shape in [(0, 3, 8, 8), (2, 0, 8, 8), (0, 4, 40)]:
-            empty = torch.zeros(shape)
-            seeds = dt.sample_seeds(shape, 0.3, 3, generator=generator(14))
-            assert dt.apply_seeds(empty, seeds, 3).shape == shape
-            assert dt.drop_block(empty, 0.3, 3).shape == shape
+    monkeypatch.setattr(functional, "_normalized_blocks", spy(functional._normalized_blocks, writes))
+    x = random_x((8, 64, 28, 28))
+    dt.drop_block(x, 0.1, 7, generator=generator(14))  # the paper's settings: 1 seed in ~500 units
+    assert len(writes) == 1
+    dt.drop_block(x, 0.3, 3, generator=generator(14))  # 1 seed in ~30 units: through the mask
+    every_seed = torch.ones(2, 3, 8, 8, dtype=torch.bool)
+    assert torch.equal(dt.apply_seeds(random_x((2, 3, 10, 10)), every_seed, 3), torch.zeros(2, 3, 10, 10))
+    assert len(writes) == 1
+
+
+def test_empty_inputs_go_through_the_mask(monkeypatch):
+    writes = writing_blocks_whatever_their_number(monkeypatch)
+    for shape in [(0, 3, 8, 8), (2, 0, 8, 8), (0, 4, 40)]:
+        empty = torch.zeros(shape)
+        seeds = dt.sample_seeds(shape, 0.3, 3, generator=generator(15))
+        assert dt.apply_seeds(empty, seeds, 3).shape == shape
+        assert dt.drop_block(empty, 0.3, 3).shape == shape
     assert not writes
 
 
-def test_make_fx_and_fake_tensors_trace_the_mask_path():
+def test_make_fx_and_fake_tensors_trace_the_mask_path(monkeypatch):
     from torch._subclasses.fake_tensor import FakeTensorMode
     from torch.fx.experimental.proxy_tensor import make_fx
+
+    writing_blocks_whatever_their_number(monkeypatch)  # eagerly, these seeds would be written
 
     x = random_x((2, 3, 10, 10))
     seeds = dt.sample_seeds(x.shape, 0.1, 3, seed_region="full", generator=generator(15))
@@ -295,7 +308,8 @@ def test_make_fx_and_fake_tensors_trace_the_mask_path():
         assert call(mode.from_tensor(x), mode.from_tensor(seeds)).shape == x.shape
 
 
-def test_vmap_over_apply_seeds_still_gives_each_example_its_own_mask():
+def test_vmap_over_apply_seeds_still_gives_each_example_its_own_mask(monkeypatch):
+    writing_blocks_whatever_their_number(monkeypatch)  # eagerly, these seeds would be written
     x = random_x((3, 4, 12, 12))
     seeds = dt.sample_seeds(x.shape, 0.3, 3, generator=generator(11))
     vmapped = torch.func.vmap(lambda one, its: dt.apply_seeds(one, its, 3, spatial_dims=2))(x, seeds)

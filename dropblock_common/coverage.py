@@ -48,7 +48,10 @@ def block_start(block: int, seed_region: str) -> int:
       >>> block_start(7, "valid"), block_start(7, "full"), block_start(4, "full")
       (0, -3, -2)
     """
-    return 0 if seed_region == "valid" else -(block // 2)
+    # Output cell i is the OR of the padded grid's cells i .. i + block - 1, the seeds
+    # i - low .. i - low + block - 1: a seed at j covers cells j + low - (block - 1) .. j + low.
+    low, _ = block_padding(block, seed_region)
+    return low - (block - 1)
 
 
 def block_padding(block: int, seed_region: str) -> tuple[int, int]:

@@ -112,6 +112,9 @@ def test_block_padding_reproduces_block_slices():
                 covered = [p for p in range(size) if p <= seed + low < p + block]
                 ref = block_slice(seed, block, size, seed_region)
                 assert covered == list(range(ref.start, ref.stop))
+                # block_start: where the block starts before clipping, clipped as the reference is.
+                start = seed + coverage.block_start(block, seed_region)
+                assert range(max(start, 0), min(start + block, size)) == range(ref.start, ref.stop)
 
 
 @pytest.mark.parametrize(

@@ -76,11 +76,6 @@ def seeds_like(x: torch.Tensor, shape: tuple[int, ...], gamma: float | torch.Ten
     return torch.empty(shape, dtype=x.dtype, device=x.device).bernoulli_(gamma) != 0
 
 
-def tracing() -> bool:
-    """Whether ``torch.compile`` or ``torch.export`` is tracing the caller (no host reads then)."""
-    return torch.compiler.is_compiling() or torch.compiler.is_exporting()
-
-
 def apply_mask(
     x: torch.Tensor, dropped: torch.Tensor, scale: float | torch.Tensor | None, inplace: bool
 ) -> torch.Tensor:

@@ -121,7 +121,7 @@ def _scale(dropped: torch.Tensor) -> float | torch.Tensor:
     reading the count back.
     """
     total = dropped.numel()
-    if dropped.device.type == "cpu" and not _masking.tracing():
+    if dropped.device.type == "cpu" and not functional._tracing():
         kept = np.float32(total - int(torch.count_nonzero(dropped)))
         # timm's float32 arithmetic: kept + 1e-7 (a no-op once 2 units are kept), then
         # numel / it as torch evaluates it, the reciprocal times numel.

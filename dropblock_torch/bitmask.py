@@ -8,7 +8,9 @@ runs over 8 times fewer elements and the dropped count is a popcount. Where the 
 that pass); eagerly on the CPU, seeds drawn one by one are written as blocks instead
 (``coordinates`` gives their place), and the words only count. Bytes rather than wider
 words because an unpacked mask of bytes is a bool tensor with no conversion, where wider
-words would first unpack into a full-size tensor of their width.
+words would first unpack into a full-size tensor of their width. Compiled code, whose
+unpacking is fused, widens the bytes into int32 words of 32 channels (``widen``) where the
+channel count is a multiple of 32, and expands, counts and unpacks those.
 
 Other channel counts (a shared channel axis has size 1) stay one bool per position.
 
@@ -19,12 +21,14 @@ bytes ``(N, C // 8, *grid)``, with the bits as the fastest axis.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 
 BITS = 8
+WORD_BITS = 32  # compiled code's words: 4 bytes in one int32
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,13 +39,13 @@ class Packing:
 
     @property
     def dtype(self) -> torch.dtype:
-        return torch.uint8 if self.bits > 1 else torch.bool
+        return {1: torch.bool, BITS: torch.uint8, WORD_BITS: torch.int32}[self.bits]
 
     def words_shape(self, shape: Sequence) -> tuple:
         return (shape[0], shape[1] // self.bits, *shape[2:])
 
 
-PACKED, UNPACKED = Packing(BITS), Packing(1)
+PACKED, UNPACKED, WORDS = Packing(BITS), Packing(1), Packing(WORD_BITS)
 
 
 def packing(channels) -> Packing:
@@ -90,36 +94,50 @@ def unpack(words: torch.Tensor, packing: Packing) -> torch.Tensor:
     """The boolean grid ``(N, C, *grid)`` that ``words`` hold."""
     if packing.bits == 1:
         return words
+    if packing.bits == WORD_BITS:
+        return _unpack_lanes(words, WORD_BITS)
     if torch.compiler.is_compiling() or torch.compiler.is_exporting():
-        return _traced_unpack(words)
-    else:
-        bits = words.unsqueeze(2) >> _shifts(words.device, words.dim() + 1)
-        flags = bits.bitwise_and_(1).view(torch.bool)  # 0 or 1 in a byte is a bool: no second pass
+        wide, wide_packing = widen(words, packing)
+        return _unpack_lanes(wide if wide_packing is WORDS else words.to(torch.int32), wide_packing.bits)
+    bits = words.unsqueeze(2) >> _shifts(words.device, words.dim() + 1)
+    flags = bits.bitwise_and_(1).view(torch.bool)  # 0 or 1 in a byte is a bool: no second pass
     return flags.flatten(1, 2)
 
 
-def _traced_unpack(words: torch.Tensor) -> torch.Tensor:
-    """``unpack`` of bytes for inductor, which fuses it into the pass that reads the mask.
+def _unpack_lanes(words: torch.Tensor, bits: int) -> torch.Tensor:
+    """``unpack`` of int32 words holding ``bits`` channels each.
 
-    In int32 lanes: inductor's C++ backend vectorises a condition built from int32 at the speed
-    of a plain product, one built from bytes at a fraction of it (it widens byte masks lane by
-    lane). Where the channel count is a multiple of 32, four bytes make one word of 32 channels,
-    so that channel ``c`` is bit ``c % 32`` of word ``c // 32``: then a kernel that runs along
-    the channels (``x`` channels-last, as inductor lays out a conv model's activations) reads
-    one word per vector of channels, where ``c // 8`` (a byte per 8 channels) is not constant
-    over a vector and costs a load per unit. A kernel along the last spatial dim reads either
-    form contiguously.
+    In int32 lanes, for inductor, which fuses it into the pass that reads the mask: its C++
+    backend vectorises a condition built from int32 at the speed of a plain product, one built
+    from bytes at a fraction of it (it widens byte masks lane by lane).
     """
-    wide, bits_per_word = words.to(torch.int32), BITS
-    if words.shape[1] % 4 == 0:
-        bytes_per_word = 4
-        byte_shifts = BITS * _shifts(words.device, words.dim() + 1, bytes_per_word, torch.int32)
-        # Distinct bits, so the sum is their OR; the top byte may set the sign bit, which the
-        # shift below drags along and the & 1 clears.
-        wide = (wide.unflatten(1, (-1, bytes_per_word)) << byte_shifts).sum(2, dtype=torch.int32)
-        bits_per_word *= bytes_per_word
-    shifts = _shifts(words.device, words.dim() + 1, bits_per_word, torch.int32)
-    return (((wide.unsqueeze(2) >> shifts) & 1) != 0).flatten(1, 2)
+    shifts = _shifts(words.device, words.dim() + 1, bits, torch.int32)
+    return (((words.unsqueeze(2) >> shifts) & 1) != 0).flatten(1, 2)
+
+
+def widen(words: torch.Tensor, packing: Packing) -> tuple[torch.Tensor, Packing]:
+    """Bytes of 8 channels as int32 words of 32 (``WORDS``) where 4 bytes make a word; else as they are.
+
+    Channel ``c`` is bit ``c % 32`` of word ``c // 32``: a kernel that runs along the channels
+    (``x`` channels-last, as inductor lays out a conv model's activations) then reads one word
+    per vector of channels, where ``c // 8`` (a byte per 8 channels) is not constant over a
+    vector and costs a load per unit. A kernel along the last spatial dim reads either form
+    contiguously. Compiled code expands, counts and unpacks these words.
+
+    Examples:
+      >>> words, packing = widen(torch.tensor([[[1], [0], [2], [128]]], dtype=torch.uint8), PACKED)
+      >>> words.flatten().tolist(), packing
+      ([-2147352575], Packing(bits=32))
+      >>> unpack(words, packing).flatten().nonzero().flatten().tolist()
+      [0, 17, 31]
+    """
+    if packing.bits != BITS or words.shape[1] % (WORD_BITS // BITS) != 0:
+        return words, packing
+    byte_shifts = BITS * _shifts(words.device, words.dim() + 1, WORD_BITS // BITS, torch.int32)
+    # Distinct bits, so the sum is their OR; the top byte may set the sign bit, which the
+    # shifts of ``unpack`` drag along and its & 1 clears.
+    grouped = words.to(torch.int32).unflatten(1, (-1, WORD_BITS // BITS))
+    return (grouped << byte_shifts).sum(2, dtype=torch.int32), WORDS
 
 
 def positions(words: torch.Tensor, packing: Packing) -> torch.Tensor:
@@ -184,6 +202,16 @@ def _byte_counts_wide(words: torch.Tensor) -> torch.Tensor:
     return ((nibbles + (nibbles >> 4)) & _M4).view(torch.uint8).view(words.shape)
 
 
+def _popcount_words(words: torch.Tensor) -> torch.Tensor:
+    """The number of set bits of each int32 word (``popcount`` on 32 bits, then the bytes' sum)."""
+    # Arithmetic shifts drag the sign bit along; every mask clears it again.
+    pairs = words - ((words >> 1) & 0x55555555)
+    nibbles = (pairs & 0x33333333) + ((pairs >> 2) & 0x33333333)
+    per_byte = (nibbles + (nibbles >> 4)) & 0x0F0F0F0F
+    halves = per_byte + (per_byte >> 8)
+    return (halves + (halves >> 16)) & 0x3F
+
+
 def count(words: torch.Tensor, packing: Packing, per_row: bool) -> torch.Tensor:
     """How many positions are set, in all of ``words`` or per row (leading index), as int64 with kept dims.
 
@@ -197,6 +225,8 @@ def count(words: torch.Tensor, packing: Packing, per_row: bool) -> torch.Tensor:
     if packing.bits == 1:
         # count_nonzero: several times faster than a sum over a bool tensor on the CPU.
         return torch.count_nonzero(words, dim=dims).reshape(shape)
+    if packing.bits == WORD_BITS:
+        return _popcount_words(words).sum(dims, dtype=torch.int64).reshape(shape)
     row = words[0].numel() if per_row else words.numel()
     tracing = torch.compiler.is_compiling() or torch.compiler.is_exporting()
     if not tracing and words.is_contiguous() and row % 8 == 0:
@@ -217,6 +247,22 @@ def _window_or(padded: torch.Tensor, dim: int, window: int) -> torch.Tensor:
         rest = window - width
         length = covered.shape[dim] - rest
         covered = torch.bitwise_or(covered.narrow(dim, 0, length), covered.narrow(dim, rest, length))
+    return covered
+
+
+def _dilate_words(words: torch.Tensor, blocks: Sequence[int], paddings: Sequence[int]) -> torch.Tensor:
+    """The block expansion for inductor: pad, then per spatial dim the OR of ``block`` shifted views.
+
+    Each dim's pass reads its input ``block`` times, so inductor writes that input once rather
+    than recomputing it for every read (as it would every stage of ``_window_or``'s doubling
+    inside the next), and fuses the pad (and the widening of bytes into words) into the first.
+    """
+    last_dim_first = [side for offset in reversed(range(len(blocks))) for side in paddings[2 * offset : 2 * offset + 2]]
+    covered = F.pad(words, last_dim_first)
+    for offset, block in enumerate(blocks):
+        dim = 2 + offset
+        length = covered.shape[dim] - block + 1
+        covered = functools.reduce(torch.bitwise_or, (covered.narrow(dim, shift, length) for shift in range(block)))
     return covered
 
 
@@ -263,12 +309,15 @@ _dilate_op.register_vmap(_dilate_vmap)
 def dilate(words: torch.Tensor, blocks: Sequence[int], paddings: Sequence[tuple[int, int]]) -> torch.Tensor:
     """True (a set bit) wherever some seed's block lies: a windowed OR per spatial dim.
 
-    Under ``torch.compile`` the expansion is one opaque op (``dropblock_torch::dilate``), so
-    inductor neither inlines its O(log k) stages into each other (which would recompute every
-    stage for every output) nor into the pass over ``x``.
+    Compiled code's int32 words (``widen``) are expanded by plain ops that inductor fuses into
+    two passes (``_dilate_words``). Bools and bytes are expanded eagerly in O(log k) ORs, and
+    under ``torch.compile`` as one opaque op (``dropblock_torch::dilate``), so that inductor
+    neither inlines those stages into each other (which would recompute every stage for every
+    output) nor the expansion into the pass over ``x`` (measured 2 to 4 times slower than the
+    op for them, where for int32 words the two passes took 0.62 ms and the op 1.0 ms cold).
 
     Args:
-      words: a seed grid ``(N, C', *grid)`` of bools or packed bytes.
+      words: a seed grid ``(N, C', *grid)`` of bools, packed bytes or int32 words.
       blocks: the effective block size per spatial dim.
       paddings: ``(low, high)`` zero padding per spatial dim (``coverage.block_padding``).
 
@@ -284,6 +333,8 @@ def dilate(words: torch.Tensor, blocks: Sequence[int], paddings: Sequence[tuple[
     if all(block == 1 for block in blocks):
         return words
     flat_paddings = [side for pair in paddings for side in pair]
+    if words.dtype == torch.int32:  # compiled code's words (``widen``)
+        return _dilate_words(words, blocks, flat_paddings)
     if torch.compiler.is_compiling() or torch.compiler.is_exporting():
         # Conversions and a comparison, not bool views: inductor before torch 2.13 cannot lower
         # a view of bools as bytes, and its C++ backend vectorises a condition built from bytes

@@ -408,6 +408,8 @@ def _apply(
             counted = _dropped_words(words, layout, seed_region) if normalize in ("batch", "sample") else words
             scale = _scale(counted, packing, normalize, expected_drop, compute)
             return _normalized_blocks(x, scale, _Blocks(coordinates(), layout, seed_region), inplace)
+    if _tracing():
+        words, packing = bitmask.widen(words, packing)
     words = _dropped_words(words, layout, seed_region)
     dropped = bitmask.unpack(words, packing)
     if noise:

@@ -6,6 +6,7 @@ import numpy as np
 import numpy_reference
 import pytest
 import torch
+import torch._dynamo
 
 from dropblock_common import coverage
 from dropblock_torch import bitmask, sampling
@@ -42,14 +43,44 @@ def sorted_rows(rows: torch.Tensor) -> torch.Tensor:
     return rows[np.lexsort(rows.numpy().T[::-1])]
 
 
-@pytest.mark.parametrize("shape", [(2, 8, 5), (3, 16, 4, 7), (2, 8, 3, 3), (1, 64, 2, 4)])
+@pytest.mark.parametrize("shape", [(2, 8, 5), (3, 16, 4, 7), (2, 8, 3, 3), (1, 64, 2, 4), (2, 32, 3, 3)])
 @pytest.mark.parametrize("per_row", [False, True])
-def test_count_is_the_number_of_set_positions(shape, per_row):
+@pytest.mark.parametrize("rate", [0.4, 1.0])
+def test_count_is_the_number_of_set_positions(shape, per_row, rate):
     # (2, 8, 3, 3) has rows of 9 bytes: the byte-wise path; the others count 8 bytes at a time.
-    grid = random_grid(shape, 0.4, 1)
+    grid = random_grid(shape, rate, 1)
     counted = bitmask.count(bitmask.pack(grid, bitmask.PACKED), bitmask.PACKED, per_row)
     expected = grid.reshape(shape[0], -1).sum(1) if per_row else grid.sum()
     np.testing.assert_array_equal(counted.flatten().numpy(), np.atleast_1d(expected.numpy()))
+    if shape[1] % 32 == 0:  # int32 words of 32 channels, the top bit (channel 31) the sign
+        words, packing = bitmask.widen(bitmask.pack(grid, bitmask.PACKED), bitmask.PACKED)
+        assert packing == bitmask.WORDS
+        np.testing.assert_array_equal(
+            bitmask.count(words, packing, per_row).flatten().numpy(), np.atleast_1d(expected.numpy())
+        )
+
+
+@pytest.mark.parametrize("shape", [(2, 32, 5), (3, 64, 4, 7), (1, 96, 3, 4, 5)])
+def test_widened_words_hold_the_same_grid(shape):
+    grid = random_grid(shape, 0.3, 4)
+    words, packing = bitmask.widen(bitmask.pack(grid, bitmask.PACKED), bitmask.PACKED)
+    assert packing == bitmask.WORDS and words.dtype == torch.int32
+    assert words.shape == (shape[0], shape[1] // 32, *shape[2:])
+    # Channel c is bit c % 32 of word c // 32.
+    bits = (words.unsqueeze(2) >> torch.arange(32).reshape(32, *(1,) * (len(shape) - 2))) & 1
+    assert torch.equal(bits.flatten(1, 2).bool(), grid)
+    assert torch.equal(bitmask.unpack(words, packing), grid)
+    # Compiled code unpacks bytes through the same words.
+    unpacked = torch.compile(lambda w: bitmask.unpack(w, bitmask.PACKED), fullgraph=True, dynamic=False)
+    assert torch.equal(unpacked(bitmask.pack(grid, bitmask.PACKED)), grid)
+
+
+@pytest.mark.parametrize("shape", [(2, 8, 5), (2, 24, 3), (2, 3, 4), (2, 1, 4)])
+def test_widen_leaves_other_channel_counts_as_they_are(shape):
+    packing = bitmask.packing(shape[1])
+    words = bitmask.pack(random_grid(shape, 0.3, 5), packing)
+    widened, widened_packing = bitmask.widen(words, packing)
+    assert widened is words and widened_packing == packing
 
 
 SHAPES_AND_BLOCKS = [
@@ -57,6 +88,11 @@ SHAPES_AND_BLOCKS = [
     ((1, 16, 9), (5,)),
     ((1, 8, 5, 6, 7), (2, 3, 4)),
     ((2, 1, 10, 10), (7, 7)),
+    # Compiled code's int32 words (multiples of 32 channels), expanded by plain ops.
+    ((2, 32, 12, 11), (3, 4)),
+    ((1, 64, 9), (5,)),
+    ((1, 32, 5, 6, 7), (2, 3, 4)),
+    ((2, 32, 8, 8), (7, 7)),
 ]
 
 
@@ -69,14 +105,17 @@ def test_dilate_matches_the_numpy_reference(shape, block, seed_region):
     paddings = [coverage.block_padding(k, seed_region) for k in block]
     axes = tuple(range(2, len(shape)))
     expected = numpy_reference.dropped_mask(seeds.numpy(), spatial, block, axes, seed_region)
-    packing = bitmask.packing(shape[1])
 
     def dropped(seeds):
-        return bitmask.unpack(bitmask.dilate(bitmask.pack(seeds, packing), block, paddings), packing)
+        words, packing = bitmask.widen(bitmask.pack(seeds, bitmask.packing(shape[1])), bitmask.packing(shape[1]))
+        return bitmask.unpack(bitmask.dilate(words, block, paddings), packing)
 
     np.testing.assert_array_equal(dropped(seeds).numpy(), expected)
-    # Spatial sizes static, as the twin specialises them (the seed rate depends on them).
-    np.testing.assert_array_equal(torch.compile(dropped, fullgraph=True, dynamic=False)(seeds).numpy(), expected)
+    # Spatial sizes static, as the twin specialises them (the seed rate depends on them); one
+    # compiled program per case, more than Dynamo keeps for one function.
+    with torch._dynamo.config.patch(recompile_limit=64):
+        compiled = torch.compile(dropped, fullgraph=True, dynamic=False)
+        np.testing.assert_array_equal(compiled(seeds).numpy(), expected)
 
 
 def test_the_dilate_op_vmaps_over_examples():

@@ -94,11 +94,9 @@ def unpack(words: torch.Tensor, packing: Packing) -> torch.Tensor:
     """The boolean grid ``(N, C, *grid)`` that ``words`` hold."""
     if packing.bits == 1:
         return words
-    if packing.bits == WORD_BITS:
-        return _unpack_lanes(words, WORD_BITS)
-    if torch.compiler.is_compiling() or torch.compiler.is_exporting():
-        wide, wide_packing = widen(words, packing)
-        return _unpack_lanes(wide if wide_packing is WORDS else words.to(torch.int32), wide_packing.bits)
+    if packing.bits == WORD_BITS or torch.compiler.is_compiling() or torch.compiler.is_exporting():
+        wide, wide_packing = widen(words, packing)  # words already wide, or bytes that do not widen, as they are
+        return _unpack_lanes(wide.to(torch.int32), wide_packing.bits)
     bits = words.unsqueeze(2) >> _shifts(words.device, words.dim() + 1)
     flags = bits.bitwise_and_(1).view(torch.bool)  # 0 or 1 in a byte is a bool: no second pass
     return flags.flatten(1, 2)
@@ -250,15 +248,14 @@ def _window_or(padded: torch.Tensor, dim: int, window: int) -> torch.Tensor:
     return covered
 
 
-def _dilate_words(words: torch.Tensor, blocks: Sequence[int], paddings: Sequence[int]) -> torch.Tensor:
+def _dilate_words(words: torch.Tensor, blocks: Sequence[int], paddings: Sequence[tuple[int, int]]) -> torch.Tensor:
     """The block expansion for inductor: pad, then per spatial dim the OR of ``block`` shifted views.
 
     Each dim's pass reads its input ``block`` times, so inductor writes that input once rather
     than recomputing it for every read (as it would every stage of ``_window_or``'s doubling
     inside the next), and fuses the pad (and the widening of bytes into words) into the first.
     """
-    last_dim_first = [side for offset in reversed(range(len(blocks))) for side in paddings[2 * offset : 2 * offset + 2]]
-    covered = F.pad(words, last_dim_first)
+    covered = F.pad(words, [side for pair in reversed(paddings) for side in pair])  # F.pad: last dim first
     for offset, block in enumerate(blocks):
         dim = 2 + offset
         length = covered.shape[dim] - block + 1
@@ -332,9 +329,9 @@ def dilate(words: torch.Tensor, blocks: Sequence[int], paddings: Sequence[tuple[
     """
     if all(block == 1 for block in blocks):
         return words
-    flat_paddings = [side for pair in paddings for side in pair]
     if words.dtype == torch.int32:  # compiled code's words (``widen``)
-        return _dilate_words(words, blocks, flat_paddings)
+        return _dilate_words(words, blocks, paddings)
+    flat_paddings = [side for pair in paddings for side in pair]
     if torch.compiler.is_compiling() or torch.compiler.is_exporting():
         # Conversions and a comparison, not bool views: inductor before torch 2.13 cannot lower
         # a view of bools as bytes, and its C++ backend vectorises a condition built from bytes

@@ -105,10 +105,11 @@ def test_dilate_matches_the_numpy_reference(shape, block, seed_region):
     paddings = [coverage.block_padding(k, seed_region) for k in block]
     axes = tuple(range(2, len(shape)))
     expected = numpy_reference.dropped_mask(seeds.numpy(), spatial, block, axes, seed_region)
+    packing = bitmask.packing(shape[1])
 
     def dropped(seeds):
-        words, packing = bitmask.widen(bitmask.pack(seeds, bitmask.packing(shape[1])), bitmask.packing(shape[1]))
-        return bitmask.unpack(bitmask.dilate(words, block, paddings), packing)
+        words, word_packing = bitmask.widen(bitmask.pack(seeds, packing), packing)  # int32 words for 32 channels
+        return bitmask.unpack(bitmask.dilate(words, block, paddings), word_packing)
 
     np.testing.assert_array_equal(dropped(seeds).numpy(), expected)
     # Spatial sizes static, as the twin specialises them (the seed rate depends on them); one

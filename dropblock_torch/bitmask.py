@@ -113,6 +113,27 @@ def _unpack_lanes(words: torch.Tensor, bits: int) -> torch.Tensor:
     return (((words.unsqueeze(2) >> shifts) & 1) != 0).flatten(1, 2)
 
 
+def unpack_again(words: torch.Tensor, packing: Packing) -> torch.Tensor:
+    """``unpack``, written with other operations: each lane's bit tested by an AND with that bit.
+
+    For the backward pass of compiled code, which unpacks the saved words a second time.
+    Written as ``unpack`` is, the two unpackings would be merged into one node of the traced
+    graph, and its partitioner may then keep that full-size boolean mask (a byte per unit,
+    written lane by lane on the CPU) for the backward pass instead of the words (a bit per
+    unit); in a compiled ResNet it did, at several milliseconds per layer.
+
+    Examples:
+      >>> words = torch.tensor([[[5], [128]]], dtype=torch.uint8)
+      >>> torch.equal(unpack_again(words, PACKED), unpack(words, PACKED))
+      True
+    """
+    if packing.bits == 1:
+        return words
+    wide, wide_packing = widen(words, packing)
+    lanes = _shifts(words.device, words.dim() + 1, wide_packing.bits, torch.int32)
+    return ((wide.to(torch.int32).unsqueeze(2) & (1 << lanes)) != 0).flatten(1, 2)
+
+
 def widen(words: torch.Tensor, packing: Packing) -> tuple[torch.Tensor, Packing]:
     """Bytes of 8 channels as int32 words of 32 (``WORDS``) where 4 bytes make a word; else as they are.
 

@@ -247,6 +247,34 @@ class _ZeroedScaled(torch.autograd.Function):
         return _zeroed_scaled(grad, dropped, scale, ctx.memory_format), None, None
 
 
+class _WordsZeroedScaled(torch.autograd.Function):
+    """``_ZeroedScaled`` of the mask that packed ``words`` hold, saving the words for the backward pass.
+
+    For compiled code, where each pass unpacks the words inside its pass over ``x`` or the
+    gradient. Saving the words (a bit per unit) rather than the unpacked mask (a byte per unit)
+    leaves the traced graph's partitioner nothing full-size to keep, provided the backward's
+    unpacking is not merged with the forward's (``bitmask.unpack_again``).
+    """
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(x: torch.Tensor, words: torch.Tensor, packing: bitmask.Packing, scale: torch.Tensor | None):
+        return _zeroed_scaled(x, bitmask.unpack(words, packing), scale, _channels_last_format(x))
+
+    @staticmethod
+    def setup_context(ctx, inputs, output) -> None:
+        x, words, ctx.packing, scale = inputs
+        ctx.save_for_backward(words, scale)
+        ctx.memory_format = _channels_last_format(x)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        words, scale = ctx.saved_tensors
+        dropped = bitmask.unpack_again(words, ctx.packing)
+        return _zeroed_scaled(grad, dropped, scale, ctx.memory_format), None, None, None
+
+
 def _zeroed_scaled(x, dropped, scale: torch.Tensor | None, memory_format: torch.memory_format | None):
     """``where(dropped, 0, x) * scale`` in ``x``'s dtype, laid out in ``memory_format`` (None: as it comes)."""
     compute = x.dtype if scale is None else scale.dtype
@@ -411,16 +439,17 @@ def _apply(
     if _tracing():
         words, packing = bitmask.widen(words, packing)
     words = _dropped_words(words, layout, seed_region)
-    dropped = bitmask.unpack(words, packing)
     if noise:
         values = sampling._uniform(x.shape, generator, x.device, compute, normal=True).to(x.dtype)
         kept = x if poison is None else (x.to(compute) * (1 + poison)).to(x.dtype)
-        out = torch.where(dropped, values, kept)
+        out = torch.where(bitmask.unpack(words, packing), values, kept)
         return x.copy_(out) if inplace else _like_x(out, x)
     scale = _scale(words, packing, normalize, expected_drop, compute)
     if poison is not None:
         scale = 1 + poison if scale is None else scale + poison
-    return _normalized(x, dropped, scale, inplace)
+    if _tracing() and not inplace:
+        return _WordsZeroedScaled.apply(x, words, packing, scale)
+    return _normalized(x, bitmask.unpack(words, packing), scale, inplace)
 
 
 # Private torch APIs that tell whether a torch.func transform or a dispatch mode (make_fx, fake

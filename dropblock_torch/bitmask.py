@@ -10,7 +10,8 @@ that pass); eagerly on the CPU, seeds drawn one by one are written as blocks ins
 words because an unpacked mask of bytes is a bool tensor with no conversion, where wider
 words would first unpack into a full-size tensor of their width. Compiled code, whose
 unpacking is fused, widens the bytes into int32 words of 32 channels (``widen``) where the
-channel count is a multiple of 32, and expands, counts and unpacks those.
+channel count is a multiple of 32, and expands, counts and unpacks those; it keeps the
+words for the backward pass, which unpacks them again inside its own pass over the gradient.
 
 Other channel counts (a shared channel axis has size 1) stay one bool per position.
 
@@ -95,43 +96,43 @@ def unpack(words: torch.Tensor, packing: Packing) -> torch.Tensor:
     if packing.bits == 1:
         return words
     if packing.bits == WORD_BITS or torch.compiler.is_compiling() or torch.compiler.is_exporting():
-        wide, wide_packing = widen(words, packing)  # words already wide, or bytes that do not widen, as they are
-        return _unpack_lanes(wide.to(torch.int32), wide_packing.bits)
+        return _unpack_lanes(words, packing)
     bits = words.unsqueeze(2) >> _shifts(words.device, words.dim() + 1)
     flags = bits.bitwise_and_(1).view(torch.bool)  # 0 or 1 in a byte is a bool: no second pass
     return flags.flatten(1, 2)
 
 
-def _unpack_lanes(words: torch.Tensor, bits: int) -> torch.Tensor:
-    """``unpack`` of int32 words holding ``bits`` channels each.
-
-    In int32 lanes, for inductor, which fuses it into the pass that reads the mask: its C++
-    backend vectorises a condition built from int32 at the speed of a plain product, one built
-    from bytes at a fraction of it (it widens byte masks lane by lane).
-    """
-    shifts = _shifts(words.device, words.dim() + 1, bits, torch.int32)
-    return (((words.unsqueeze(2) >> shifts) & 1) != 0).flatten(1, 2)
-
-
-def unpack_again(words: torch.Tensor, packing: Packing) -> torch.Tensor:
-    """``unpack``, written with other operations: each lane's bit tested by an AND with that bit.
+def unpack_by_lane_masks(words: torch.Tensor, packing: Packing) -> torch.Tensor:
+    """``unpack``, written with other operations: each lane tested by an AND with its own bit.
 
     For the backward pass of compiled code, which unpacks the saved words a second time.
-    Written as ``unpack`` is, the two unpackings would be merged into one node of the traced
-    graph, and its partitioner may then keep that full-size boolean mask (a byte per unit,
-    written lane by lane on the CPU) for the backward pass instead of the words (a bit per
-    unit); in a compiled ResNet it did, at several milliseconds per layer.
+    Written as ``unpack`` is (a shift, then an AND with 1), the two unpackings would be merged
+    into one node of the traced graph, which its partitioner may then keep for the backward
+    pass as a full-size boolean mask (a byte per unit, which inductor writes lane by lane on
+    the CPU) instead of the words (a bit per unit); in a compiled ResNet it did.
 
     Examples:
       >>> words = torch.tensor([[[5], [128]]], dtype=torch.uint8)
-      >>> torch.equal(unpack_again(words, PACKED), unpack(words, PACKED))
+      >>> torch.equal(unpack_by_lane_masks(words, PACKED), unpack(words, PACKED))
       True
     """
     if packing.bits == 1:
         return words
-    wide, wide_packing = widen(words, packing)
+    return _unpack_lanes(words, packing, by_lane_masks=True)
+
+
+def _unpack_lanes(words: torch.Tensor, packing: Packing, by_lane_masks: bool = False) -> torch.Tensor:
+    """``unpack`` in int32 lanes, bytes widened into words of 32 channels where they can be.
+
+    For inductor, which fuses it into the pass that reads the mask: its C++ backend vectorises
+    a condition built from int32 at the speed of a plain product, one built from bytes at a
+    fraction of it (it widens byte masks lane by lane).
+    """
+    wide, wide_packing = widen(words, packing)  # words already wide, or bytes that do not widen, as they are
     lanes = _shifts(words.device, words.dim() + 1, wide_packing.bits, torch.int32)
-    return ((wide.to(torch.int32).unsqueeze(2) & (1 << lanes)) != 0).flatten(1, 2)
+    wide = wide.to(torch.int32).unsqueeze(2)
+    flags = wide & (1 << lanes) if by_lane_masks else (wide >> lanes) & 1
+    return (flags != 0).flatten(1, 2)
 
 
 def widen(words: torch.Tensor, packing: Packing) -> tuple[torch.Tensor, Packing]:
@@ -154,7 +155,7 @@ def widen(words: torch.Tensor, packing: Packing) -> tuple[torch.Tensor, Packing]
         return words, packing
     byte_shifts = BITS * _shifts(words.device, words.dim() + 1, WORD_BITS // BITS, torch.int32)
     # Distinct bits, so the sum is their OR; the top byte may set the sign bit, which the
-    # shifts of ``unpack`` drag along and its & 1 clears.
+    # shifts of ``unpack`` drag along and its & 1 clears (an AND with bit 31 tests it).
     grouped = words.to(torch.int32).unflatten(1, (-1, WORD_BITS // BITS))
     return (grouped << byte_shifts).sum(2, dtype=torch.int32), WORDS
 

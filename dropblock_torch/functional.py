@@ -219,7 +219,7 @@ def _zeroed(x: torch.Tensor, dropped: torch.Tensor, compute: torch.dtype, inplac
 
 
 class _ZeroedScaled(torch.autograd.Function):
-    """``where(dropped, 0, x) * scale``, whose backward is the same function of the gradient.
+    """``where(dropped, 0, x) * scale``, ``dropped`` the mask ``words`` hold; its backward is the same map.
 
     Eagerly, autograd's own chain (a ``where``, then a product) allocates a full-size tensor for
     each of its two backward steps; this allocates one, so a training step holds no more than
@@ -228,38 +228,19 @@ class _ZeroedScaled(torch.autograd.Function):
     which hands it a contiguous gradient, would return a contiguous gradient for a
     channels-last ``x``, and inductor would then transpose it unit by unit). At dropped units
     the gradient is ``0 * scale``: 0, since a scale is finite whenever anything is dropped.
+
+    The words are what is saved for the backward pass: eagerly the unpacked mask
+    (``bitmask.UNPACKED``); under ``torch.compile`` the packed words (a bit per unit), which each
+    pass unpacks inside its pass over ``x`` or the gradient, so that the traced graph's
+    partitioner has no full-size mask to keep (``bitmask.unpack_by_lane_masks``).
     """
 
     generate_vmap_rule = True
 
     @staticmethod
-    def forward(x: torch.Tensor, dropped: torch.Tensor, scale: torch.Tensor | None) -> torch.Tensor:
-        return _zeroed_scaled(x, dropped, scale, _channels_last_format(x))
-
-    @staticmethod
-    def setup_context(ctx, inputs, output) -> None:
-        ctx.save_for_backward(inputs[1], inputs[2])
-        ctx.memory_format = _channels_last_format(inputs[0])
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor):
-        dropped, scale = ctx.saved_tensors
-        return _zeroed_scaled(grad, dropped, scale, ctx.memory_format), None, None
-
-
-class _WordsZeroedScaled(torch.autograd.Function):
-    """``_ZeroedScaled`` of the mask that packed ``words`` hold, saving the words for the backward pass.
-
-    For compiled code, where each pass unpacks the words inside its pass over ``x`` or the
-    gradient. Saving the words (a bit per unit) rather than the unpacked mask (a byte per unit)
-    leaves the traced graph's partitioner nothing full-size to keep, provided the backward's
-    unpacking is not merged with the forward's (``bitmask.unpack_again``).
-    """
-
-    generate_vmap_rule = True
-
-    @staticmethod
-    def forward(x: torch.Tensor, words: torch.Tensor, packing: bitmask.Packing, scale: torch.Tensor | None):
+    def forward(
+        x: torch.Tensor, words: torch.Tensor, packing: bitmask.Packing, scale: torch.Tensor | None
+    ) -> torch.Tensor:
         return _zeroed_scaled(x, bitmask.unpack(words, packing), scale, _channels_last_format(x))
 
     @staticmethod
@@ -271,7 +252,7 @@ class _WordsZeroedScaled(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
         words, scale = ctx.saved_tensors
-        dropped = bitmask.unpack_again(words, ctx.packing)
+        dropped = bitmask.unpack_by_lane_masks(words, ctx.packing)
         return _zeroed_scaled(grad, dropped, scale, ctx.memory_format), None, None, None
 
 
@@ -293,7 +274,7 @@ def _normalized(x: torch.Tensor, dropped: torch.Tensor, scale: torch.Tensor | No
     in-place product is cheaper on the CPU than a product then ``masked_fill_``.
     """
     if not inplace:
-        return _ZeroedScaled.apply(x, dropped, scale)
+        return _ZeroedScaled.apply(x, dropped, bitmask.UNPACKED, scale)
     compute = x.dtype if scale is None else scale.dtype
     out = _zeroed(x, dropped, compute, inplace)
     if scale is not None:
@@ -448,7 +429,7 @@ def _apply(
     if poison is not None:
         scale = 1 + poison if scale is None else scale + poison
     if _tracing() and not inplace:
-        return _WordsZeroedScaled.apply(x, words, packing, scale)
+        return _ZeroedScaled.apply(x, words, packing, scale)
     return _normalized(x, bitmask.unpack(words, packing), scale, inplace)
 
 

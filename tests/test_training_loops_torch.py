@@ -501,7 +501,7 @@ def test_inductor_applies_seeds_bit_for_bit_as_eager_mode(channels, seed_channel
 def test_a_compiled_resnet_keeps_one_bit_per_dropblock_unit_for_the_backward_pass():
     # The masks are kept packed (8 channels a byte, 32 an int32 word) and unpacked again in the
     # backward pass. A boolean mask kept instead (a byte per unit, which inductor writes lane by
-    # lane on the CPU) made a compiled ResNet-18's training step 8% slower.
+    # lane on the CPU) made a compiled ResNet-18's training step 7-9% slower (docs/benchmarks.md).
     torch.manual_seed(0)
     model = small_resnet(lambda: dt.DropBlock2d(0.1, 3)).train()
     layers = [m for m in model.modules() if isinstance(m, dt.DropBlock2d)]

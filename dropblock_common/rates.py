@@ -12,8 +12,8 @@ the map size (0.1 at block 7 drops 0.133 of a 28x28 map, 0.209 of 14x14, 0.93 of
 exactly ``drop_prob`` in both modes.
 
 The ``*_array`` functions take an array namespace ``xp`` (``numpy``, ``jax.numpy`` or
-``torch``) and use nothing but arithmetic, ``xp.where``, ``xp.clip``, ``xp.expm1`` and
-``xp.log1p``, so the same code runs on concrete numbers and on traced or compiled ones:
+``torch``) and use nothing but arithmetic, ``xp.where``, ``xp.clip``, ``xp.exp``, ``xp.expm1``,
+``xp.log`` and ``xp.log1p``, so the same code runs on concrete numbers and on traced or compiled ones:
 ``drop_prob`` stays traceable in both twins. The float functions are the public API.
 """
 
@@ -27,8 +27,11 @@ import numpy as np
 
 from dropblock_common import coverage, validation
 
-# Bisection halves [0, 1] this many times: below float64 resolution for any gamma that matters.
-BISECTION_STEPS = 60
+# Newton steps of the calibrated solve, a fixed number so that it traces to straight-line code.
+# From gamma = 0, at most 9 reached float64 precision (8 float32 precision) on every map and
+# rate tried: random 1-D to 3-D maps and blocks, rates from 1e-30 to 1 - 1e-15 (tests/test_common.py
+# checks 10 on rates from 1e-20 to 1 - 1e-7).
+NEWTON_STEPS = 10
 
 AsArray = Callable[[np.ndarray, Any], Any]
 
@@ -144,18 +147,34 @@ def seed_rate_array(
     """
     drop_prob = xp.clip(drop_prob, 0.0, 1.0)
     if calibrate:
-        counts, weights = _histogram(table, drop_prob, asarray)
-        low, high = drop_prob * 0, drop_prob * 0 + 1
-        # The dropped fraction rises monotonically from 0 to 1 with gamma: bisect, a fixed
-        # number of steps so that it traces to straight-line code.
-        for _ in range(BISECTION_STEPS):
-            middle = (low + high) / 2
-            short = dropped_fraction_array(middle, counts, weights, xp) < drop_prob
-            low, high = xp.where(short, middle, low), xp.where(short, high, middle)
-        gamma = low
+        gamma = _calibrated_rate(drop_prob, *_histogram(table, drop_prob, asarray), xp)
     else:
         gamma = xp.clip(drop_prob * table.factor, 0.0, 1.0)
     return xp.where(drop_prob >= 1, 1.0, gamma)
+
+
+def _calibrated_rate(drop_prob: Any, counts: Any, weights: Any, xp: Any) -> Any:
+    """The gamma whose expected dropped fraction is ``drop_prob`` (in [0, 1); 1 is answered by the caller).
+
+    Newton's method on ``s = -log(1 - gamma)``, solving ``log kept(s) = log(1 - drop_prob)`` with
+    ``kept(s) = sum(weights * exp(-counts * s))``, the expected kept fraction. ``log kept`` is a
+    log-sum-exp of lines in ``s``, so it is convex and decreasing: from ``s = 0`` every Newton step
+    lands at or below the root (never past it) and the steps converge quadratically near it. Few
+    steps suffice, and each traces to a handful of operations (a bisection needs 60 to reach the
+    same precision for small rates).
+    """
+    # drop_prob = 1 would need s = inf; any rate below 1 keeps every step finite.
+    target = xp.log1p(-xp.where(drop_prob >= 1, 0.5, drop_prob))
+    s = drop_prob * 0
+    for _ in range(NEWTON_STEPS):
+        exponent = -counts * s  # log((1 - gamma)^count)
+        kept_terms = weights * xp.exp(exponent)
+        kept = kept_terms.sum()
+        dropped = (weights * -xp.expm1(exponent)).sum()  # 1 - kept, accurate for small rates
+        # log1p for small rates, log for large ones: each where it keeps its relative precision.
+        log_kept = xp.where(dropped < 0.5, xp.log1p(-xp.clip(dropped, 0.0, 0.5)), xp.log(kept))
+        s = s + (log_kept - target) * kept / (counts * kept_terms).sum()
+    return -xp.expm1(-s)
 
 
 def expected_drop_fraction_array(gamma: Any, table: RateTable, xp: Any, asarray: AsArray = _numpy_asarray) -> Any:

@@ -294,7 +294,7 @@ class RateCase:
     seed_region: str
     calibrate: bool
     # Also through each twin's dropblock (its normalize="expected" scale): seconds of JAX compiling
-    # per case, so on one case of each formula (the paper's, the calibrated bisection).
+    # per case, so on one case of each formula (the paper's, the calibrated solve).
     through_dropblock: bool = False
 
     @property
@@ -315,7 +315,7 @@ RATE_CASES = [
     RateCase(spatial=(8, 8, 8), block_size=3, drop_prob=0.05, seed_region="full", calibrate=True),
     RateCase(spatial=(6, 6), block_size=9, drop_prob=0.5, seed_region="valid", calibrate=True),
 ]
-RATE_TOLERANCE = 1e-5  # relative; float32 arithmetic (and a float32 bisection) against float64
+RATE_TOLERANCE = 1e-5  # relative; float32 arithmetic (and a float32 Newton solve) against float64
 RATE_CHANNELS = 16  # per sample in the scale check: enough planes that some are kept
 
 

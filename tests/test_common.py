@@ -87,6 +87,50 @@ def test_calibrated_rate_hits_drop_prob(spatial_shape, block, seed_region, drop_
     assert achieved == pytest.approx(drop_prob, abs=1e-12)
 
 
+def _reference_kept_exponent(drop_prob: float, table: rates.RateTable) -> float:
+    """``s = -log(1 - gamma)`` of the calibrated rate, by 200 bisection steps on s (float64).
+
+    Compares the dropped fraction with ``drop_prob`` for small rates and the kept fraction with
+    ``1 - drop_prob`` for large ones, so that each comparison keeps its relative precision.
+    """
+    counts, weights = np.asarray(table.counts, np.float64), np.asarray(table.weights, np.float64)
+    low, high = 0.0, 1.0
+    while (weights * np.exp(-counts * high)).sum() > 1 - drop_prob:
+        high *= 2
+    for _ in range(200):
+        middle = (low + high) / 2
+        if drop_prob <= 0.5:
+            short = (weights * -np.expm1(-counts * middle)).sum() < drop_prob
+        else:
+            short = (weights * np.exp(-counts * middle)).sum() > 1 - drop_prob
+        low, high = (middle, high) if short else (low, middle)
+    return (low + high) / 2
+
+
+RATE_GRID = np.concatenate([np.logspace(-20, -0.3, 25), 1 - np.logspace(-0.5, -7, 12)])
+
+
+@pytest.mark.parametrize("seed_region", ["valid", "full"])
+@pytest.mark.parametrize("dtype, rtol", [(np.float64, 1e-12), (np.float32, 1e-6)])
+def test_calibrated_rate_converges_on_random_maps_for_tiny_and_near_one_rates(seed_region, dtype, rtol):
+    # The solve runs a fixed number of Newton steps: enough on any map, checked on 40 random
+    # 1-D to 3-D maps and blocks, and on rates from 1e-20 to 1 - 1e-7 (in float32 too, as traced).
+    rng = np.random.default_rng(7)
+    for _ in range(40):
+        dims = int(rng.integers(1, 4))
+        shape = tuple(int(size) for size in rng.integers(1, {1: 2000, 2: 300, 3: 60}[dims], size=dims))
+        block = tuple(int(rng.integers(1, size + 1)) for size in shape)
+        table = rates.rate_table(shape, block, seed_region)
+        for drop_prob in RATE_GRID.astype(dtype):
+            exponent = _reference_kept_exponent(float(drop_prob), table)
+            gamma = rates.seed_rate_array(drop_prob, table, True, np)
+            assert gamma.dtype == dtype
+            assert float(gamma) == pytest.approx(-math.expm1(-exponent), rel=rtol), (shape, block, drop_prob)
+            if drop_prob > 0.5 and dtype == np.float64:
+                # 1 - gamma (what is kept) too, through s; a float32 gamma near 1 holds too few of its digits
+                assert -math.log1p(-float(gamma)) == pytest.approx(exponent, rel=10 * rtol), (shape, block, drop_prob)
+
+
 def test_uncalibrated_rate_drops_less_than_asked_and_calibration_fixes_it():
     gamma = seed_rate((28, 28), 0.1, 7)
     assert expected_drop_fraction((28, 28), 7, gamma) < 0.095

@@ -32,6 +32,11 @@ BITS = 8
 WORD_BITS = 32  # compiled code's words: 4 bytes in one int32
 
 
+def tracing() -> bool:
+    """Under ``torch.compile`` or ``torch.export``: no reading tensors back, no data-dependent loops."""
+    return torch.compiler.is_compiling() or torch.compiler.is_exporting()
+
+
 @dataclasses.dataclass(frozen=True)
 class Packing:
     """How a boolean grid ``(N, C, *grid)`` is stored: ``bits`` channels per element (8 in a byte, or 1 bool)."""
@@ -95,7 +100,7 @@ def unpack(words: torch.Tensor, packing: Packing) -> torch.Tensor:
     """The boolean grid ``(N, C, *grid)`` that ``words`` hold."""
     if packing.bits == 1:
         return words
-    if packing.bits == WORD_BITS or torch.compiler.is_compiling() or torch.compiler.is_exporting():
+    if packing.bits == WORD_BITS or tracing():
         return _unpack_lanes(words, packing)
     bits = words.unsqueeze(2) >> _shifts(words.device, words.dim() + 1)
     flags = bits.bitwise_and_(1).view(torch.bool)  # 0 or 1 in a byte is a bool: no second pass
@@ -248,8 +253,7 @@ def count(words: torch.Tensor, packing: Packing, per_row: bool) -> torch.Tensor:
     if packing.bits == WORD_BITS:
         return _popcount_words(words).sum(dims, dtype=torch.int64).reshape(shape)
     row = words[0].numel() if per_row else words.numel()
-    tracing = torch.compiler.is_compiling() or torch.compiler.is_exporting()
-    if not tracing and words.is_contiguous() and row % 8 == 0:
+    if not tracing() and words.is_contiguous() and row % 8 == 0:
         counts = _byte_counts_wide(words)
     else:
         counts = popcount(words)
@@ -354,7 +358,7 @@ def dilate(words: torch.Tensor, blocks: Sequence[int], paddings: Sequence[tuple[
     if words.dtype == torch.int32:  # compiled code's words (``widen``)
         return _dilate_words(words, blocks, paddings)
     flat_paddings = [side for pair in paddings for side in pair]
-    if torch.compiler.is_compiling() or torch.compiler.is_exporting():
+    if tracing():
         # Conversions and a comparison, not bool views: inductor before torch 2.13 cannot lower
         # a view of bools as bytes, and its C++ backend vectorises a condition built from bytes
         # or bools poorly, from int32 well (see ``unpack``). All fuse into their neighbours.

@@ -83,18 +83,13 @@ def _rate_argument(drop_prob: Rate) -> tuple[float | None, Rate]:
     not recompile): it is range-checked by comparisons, which become guards, and used as a
     tensor; a concrete zero still returns ``x`` itself.
     """
-    if _tracing() and isinstance(drop_prob, float):
+    if bitmask.tracing() and isinstance(drop_prob, float):
         if not 0.0 <= drop_prob <= 1.0:  # NaN fails too
             raise ValueError(f"drop_prob must be in [0, 1], got {drop_prob=}.")
         if drop_prob == 0.0:
             return 0.0, drop_prob
         return None, torch.scalar_tensor(drop_prob, dtype=torch.float32)
     return _concrete_drop_prob(drop_prob), drop_prob
-
-
-def _tracing() -> bool:
-    """Under ``torch.compile`` or ``torch.export``: no reading tensors back, no data-dependent loops."""
-    return torch.compiler.is_compiling() or torch.compiler.is_exporting()
 
 
 def _torch_asarray(values: np.ndarray, like: torch.Tensor) -> torch.Tensor:
@@ -203,7 +198,7 @@ def _zero_bits(x: torch.Tensor, dropped: torch.Tensor) -> torch.Tensor:
 
 def _zeroed(x: torch.Tensor, dropped: torch.Tensor, compute: torch.dtype, inplace: bool) -> torch.Tensor:
     """``x`` in ``compute`` with +0 written where ``dropped`` (broadcast over shared dims), into ``x`` if it may."""
-    if _tracing():
+    if bitmask.tracing():
         # Fused with the unpacking of the mask into one pass over ``x`` (``bitmask.unpack``).
         # masked_fill, not where: its output (and its gradient) follow the memory format of
         # ``x`` (and of the incoming gradient), which inductor makes channels-last in conv
@@ -417,7 +412,7 @@ def _apply(
             counted = _dropped_words(words, layout, seed_region) if normalize in ("batch", "sample") else words
             scale = _scale(counted, packing, normalize, expected_drop, compute)
             return _normalized_blocks(x, scale, _Blocks(coordinates(), layout, seed_region), inplace)
-    if _tracing():
+    if bitmask.tracing():
         words, packing = bitmask.widen(words, packing)
     words = _dropped_words(words, layout, seed_region)
     if noise:
@@ -428,7 +423,7 @@ def _apply(
     scale = _scale(words, packing, normalize, expected_drop, compute)
     if poison is not None:
         scale = 1 + poison if scale is None else scale + poison
-    if _tracing() and not inplace:
+    if bitmask.tracing() and not inplace:
         return _ZeroedScaled.apply(x, words, packing, scale)
     return _normalized(x, bitmask.unpack(words, packing), scale, inplace)
 
@@ -449,7 +444,7 @@ def _plain_eager_cpu(x: torch.Tensor) -> bool:
     return (
         type(x) in (torch.Tensor, torch.nn.Parameter)
         and x.device.type == "cpu"
-        and not _tracing()
+        and not bitmask.tracing()
         and _FUNCTORCH_LEVEL is not None
         and _FUNCTORCH_LEVEL() is None
         and _DISPATCH_MODE is not None

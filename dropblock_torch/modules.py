@@ -20,7 +20,7 @@ from torch import nn
 from dropblock_common import schedules as schedule_math
 from dropblock_common import validation
 from dropblock_common.options import DropBlockOptions
-from dropblock_torch import functional
+from dropblock_torch import bitmask, functional
 
 # Read once: dynamo (torch 2.14) cannot trace dataclasses.fields on a class inside forward.
 _OPTION_NAMES = DropBlockOptions.names()
@@ -112,7 +112,7 @@ class _DropBlockNd(nn.Module):
     def _current_rate(self) -> float | torch.Tensor:
         # Eager, a rate known on the host goes as a float: its seed rate is worked out once per
         # configuration instead of per call. Compiled, it stays a tensor, so a new value never recompiles.
-        tracing = torch.compiler.is_compiling() or torch.compiler.is_exporting()
+        tracing = bitmask.tracing()
         if self.schedule is None:
             return self.rate if tracing else self._drop_prob
         rate = torch.as_tensor(self.schedule(self.step), dtype=torch.float32, device=self.step.device)

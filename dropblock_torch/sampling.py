@@ -172,7 +172,7 @@ def bernoulli_seeds(
     words_shape = packing.words_shape(shape)
     size = math.prod(shape)
     on_cpu = torch.device(device if device is not None else "cpu").type == "cpu"
-    tracing = torch.compiler.is_compiling() or torch.compiler.is_exporting()
+    tracing = bitmask.tracing()
     if allow_sparse and on_cpu and tracing and generator is None:
         # A symbolic size (a dynamic batch) is never compared: a guard on it would restrict the
         # batch sizes a graph serves, which torch.export refuses. Positions are int64: no maximum.

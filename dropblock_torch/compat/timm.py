@@ -44,7 +44,7 @@ import torch
 from torch import nn
 
 from dropblock_common import coverage, validation
-from dropblock_torch import functional
+from dropblock_torch import bitmask, functional
 from dropblock_torch.compat import _masking
 
 # Keyword arguments timm removed in 1.0.23 and still accepts silently.
@@ -121,7 +121,7 @@ def _scale(dropped: torch.Tensor) -> float | torch.Tensor:
     reading the count back.
     """
     total = dropped.numel()
-    if dropped.device.type == "cpu" and not functional._tracing():
+    if dropped.device.type == "cpu" and not bitmask.tracing():
         kept = np.float32(total - int(torch.count_nonzero(dropped)))
         # timm's float32 arithmetic: kept + 1e-7 (a no-op once 2 units are kept), then
         # numel / it as torch evaluates it, the reciprocal times numel.

@@ -182,6 +182,18 @@ def expected_drop_fraction_array(gamma: Any, table: RateTable, xp: Any, asarray:
     return dropped_fraction_array(gamma, *_histogram(table, gamma, asarray), xp)
 
 
+def nonfinite_guard_array(drop_prob: Any, xp: Any) -> Any:
+    """0 for a finite rate, NaN for a NaN or infinite one: what a traced rate adds to the output.
+
+    A traced or tensor rate cannot raise, and a broken schedule must not pass unseen (an
+    infinite rate clipped to 1 would silently drop everything, a NaN one silently nothing). The
+    twins add this to the scale and write it (not 0) where units are dropped, so that such a
+    rate turns the whole output NaN, in every mode; for a finite rate it adds +0 and writes +0.
+    A ``where``, not ``drop_prob * 0``: compilers fold a product by zero away (inductor does).
+    """
+    return xp.where(xp.isfinite(drop_prob), 0.0, float("nan"))
+
+
 def expected_rescale_array(expected_drop: Any, xp: Any) -> Any:
     """``1 / (1 - expected_drop)``, 0 when everything is expected to drop (never inf), NaN for NaN.
 

@@ -176,12 +176,12 @@ def _traced_rates(
 
 
 def _nan_guard(drop_prob: jax.typing.ArrayLike, dtype: jax.typing.DTypeLike) -> jax.Array:
-    """``drop_prob * 0``: 0, or NaN for a NaN (or infinite) traced rate, added to the scale.
+    """0, or NaN for a NaN or infinite traced rate (``rates.nonfinite_guard_array``), as ``dtype``.
 
-    A traced rate cannot raise, so a NaN one turns the whole output into NaN: loud, it shows
-    in the loss at once, where a silently clipped rate would not.
+    A traced rate cannot raise, so a non-finite one turns the whole output into NaN: loud, it
+    shows in the loss at once, where a silently clipped rate would not.
     """
-    return lax.stop_gradient(jnp.asarray(drop_prob, dtype)) * 0
+    return rates.nonfinite_guard_array(lax.stop_gradient(jnp.asarray(drop_prob, jnp.float32)), jnp).astype(dtype)
 
 
 def _dropped_words(words: jax.Array, packing: bitmask.Packing, layout: layouts.Layout, seed_region: str) -> jax.Array:
@@ -204,7 +204,8 @@ def _normalized(
     the torch twin, so the same bits. Selecting instead of multiplying by the mask keeps an
     inf or NaN of ``x`` where it is kept and gives 0 where it is dropped. XLA fuses the
     unpacking into that one pass, so no full-size mask is written. ``guard`` is
-    ``_nan_guard`` of a traced rate, None for a concrete one (then ``"none"`` multiplies nothing).
+    ``_nan_guard`` of a traced rate, None for a concrete one (then ``"none"`` multiplies nothing):
+    added to the scale and written where dropped, it is +0 for a finite rate, NaN otherwise.
     """
     compute = jnp.promote_types(x.dtype, jnp.float32)
     keep = ~bitmask.unpack(dropped, packing)
@@ -223,7 +224,8 @@ def _normalized(
         scale = jnp.where(any_kept, jnp.asarray(total, compute) / jnp.where(any_kept, kept, 1), 0)
     if guard is not None and normalize != "none":
         scale = scale + guard
-    return jnp.where(keep, x.astype(compute) * scale, 0).astype(x.dtype)
+    dropped_value = 0 if guard is None else guard
+    return jnp.where(keep, x.astype(compute) * scale, dropped_value).astype(x.dtype)
 
 
 def _expand_and_apply(
@@ -243,8 +245,9 @@ def _expand_and_apply(
         keep = ~bitmask.unpack(dropped, packing)
         compute = jnp.promote_types(x.dtype, jnp.float32)
         noise = jax.random.normal(noise_key, (x.size,), compute).reshape(x.shape)  # flat: see sampling
-        kept = x if guard is None else (x.astype(compute) * (1 + guard)).astype(x.dtype)
-        return jnp.where(keep, kept, noise.astype(x.dtype))
+        if guard is not None:  # a non-finite traced rate: NaN where kept and where noise is written
+            x, noise = (x.astype(compute) * (1 + guard)).astype(x.dtype), noise + guard
+        return jnp.where(keep, x, noise.astype(x.dtype))
     return _normalized(x, dropped, packing, normalize, expected_drop, guard)
 
 
@@ -449,7 +452,8 @@ def dropblock(
       key: a JAX PRNG key.
       drop_prob: in [0, 1]; a Python float or a real scalar array that may be traced (changing
         it does not retrace). A concrete 0 returns ``x`` itself and uses no randomness. A
-        traced value outside [0, 1] is clipped, and a traced NaN makes the whole output NaN.
+        finite traced value outside [0, 1] is clipped; a traced NaN or infinity makes the whole
+        output NaN.
       block_size: an int or one int per spatial dimension (static); clipped to the map.
       channel_axis: ``-1`` or ``1``.
       seed_region: ``"valid"`` (the paper: every block lies inside the map) or ``"full"``

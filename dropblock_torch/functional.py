@@ -264,7 +264,7 @@ def _normalized(x: torch.Tensor, dropped: torch.Tensor, scale: torch.Tensor | No
     The same values as the JAX twin's ``where`` (so the same bits, signed zeros included: a
     written zero times a finite scale stays +0). Dropped units are written as zeros, not
     multiplied by 0: an inf or NaN in ``x`` stays where it is kept and becomes 0 where it is
-    dropped, whatever is shared; a NaN scale (a NaN rate) makes everything NaN. No full-size
+    dropped, whatever is shared; a NaN scale (a NaN or infinite rate) makes everything NaN. No full-size
     factor or float copy of the mask is allocated, and in eager mode a ``where`` then an
     in-place product is cheaper on the CPU than a product then ``masked_fill_``.
     """
@@ -397,8 +397,9 @@ def _apply(
 ):
     """Expand the seed ``words`` into blocks and apply them to ``x``.
 
-    ``poison`` is ``drop_prob * 0`` for a tensor rate (0, or NaN for a NaN rate, which then
-    turns the whole output NaN rather than silently dropping nothing), None for a number.
+    ``poison`` is ``rates.nonfinite_guard_array`` of a tensor rate (0, or NaN for a NaN or
+    infinite rate, which then turns the whole output NaN rather than silently dropping nothing
+    or everything), None for a number.
     ``seeds`` gives the seeds one by one where they are known (eagerly, on the CPU): their
     count and a callable that lists their coordinates ``(n, c, *grid)``. For a mask per unit
     with few enough seeds the blocks are then written over the product by the scale
@@ -416,9 +417,11 @@ def _apply(
         words, packing = bitmask.widen(words, packing)
     words = _dropped_words(words, layout, seed_region)
     if noise:
-        values = sampling._uniform(x.shape, generator, x.device, compute, normal=True).to(x.dtype)
-        kept = x if poison is None else (x.to(compute) * (1 + poison)).to(x.dtype)
-        out = torch.where(bitmask.unpack(words, packing), values, kept)
+        values = sampling._uniform(x.shape, generator, x.device, compute, normal=True)
+        kept = x
+        if poison is not None:  # a non-finite rate: NaN where kept and where noise is written
+            kept, values = (x.to(compute) * (1 + poison)).to(x.dtype), values + poison
+        out = torch.where(bitmask.unpack(words, packing), values.to(x.dtype), kept)
         return x.copy_(out) if inplace else _like_x(out, x)
     scale = _scale(words, packing, normalize, expected_drop, compute)
     if poison is not None:
@@ -626,8 +629,8 @@ def drop_block(
       x: a floating tensor ``(N, C, *spatial)`` with 1 to 3 spatial dims, any device,
         ``channels_last`` allowed; or one example ``(C, *spatial)`` with ``spatial_dims``.
       drop_prob: the target fraction of dropped units: a float in [0, 1] (a 0 returns ``x``)
-        or a 0-dim tensor (clipped to [0, 1]; NaN gives an all-NaN output; a GPU tensor is
-        never read back to the host).
+        or a 0-dim tensor (clipped to [0, 1]; NaN or an infinity gives an all-NaN output; a GPU
+        tensor is never read back to the host).
       block_size: an int or one int per spatial dim; clipped to the map.
       training: if False, return ``x``.
       seed_region: ``"valid"`` (the paper: blocks inside the map) or ``"full"`` (timm).
@@ -669,7 +672,9 @@ def drop_block(
     words, packing, positions = _seed_words(
         gamma, layout, seed_region, **sharing, device=x.device, generator=generator, allow_sparse=batched
     )
-    poison = None if concrete is not None else drop_prob.detach().to(device=x.device, dtype=expected.dtype) * 0
+    poison = None
+    if concrete is None:
+        poison = rates.nonfinite_guard_array(drop_prob.detach().to(device=x.device, dtype=expected.dtype), torch)
     batch = x if batched else x[None]
     seeds = None
     if positions is not None:

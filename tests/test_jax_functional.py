@@ -396,12 +396,14 @@ SMALL, SPARSE = (2, 10, 10, 3), (2, 64, 64, 8)  # the second's seed grid is draw
     + [("batch", False, True, SMALL), ("none", True, False, SMALL)]
     + [("sample", False, False, SPARSE), ("expected", False, True, SPARSE), ("batch", True, False, SPARSE)],
 )
-def test_a_traced_nan_rate_makes_the_whole_output_nan(normalize, noise, calibrate, shape):
+def test_a_traced_nan_or_infinite_rate_makes_the_whole_output_nan(normalize, noise, calibrate, shape):
     if shape == SPARSE:
         assert policy.seed_budget(2 * 62 * 62 * 8, None) is not None
     x = random_x(shape)
     step = jax.jit(lambda p: dj.dropblock(x, KEY, p, 3, normalize=normalize, noise=noise, calibrate=calibrate))
-    assert bool(jnp.isnan(step(jnp.float32(jnp.nan))).all())
+    # Clipped, +inf would drop everything and -inf nothing, silently: a broken schedule is loud instead.
+    for rate in (jnp.nan, jnp.inf, -jnp.inf):
+        assert bool(jnp.isnan(step(jnp.float32(rate))).all()), rate
     # The same program with a finite rate: no NaN anywhere.
     assert bool(jnp.isfinite(step(jnp.float32(0.2))).all())
 

@@ -344,7 +344,9 @@ def test_inf_and_nan_stay_where_kept_and_become_zero_where_dropped(sharing, norm
     assert (everything == 0).all()
 
 
-# --- the rate: NaN tensors, and what seed_region="full" does near the map size ------------------------
+# --- the rate: NaN and infinite tensors, and what seed_region="full" does near the map size ---------
+
+NON_FINITE_RATES = (float("nan"), float("inf"), float("-inf"))
 
 
 @pytest.mark.parametrize("shape", [(2, 4, 8, 8), (2, 64, 32, 32)])  # the second uses the sparse sampler
@@ -358,9 +360,25 @@ def test_inf_and_nan_stay_where_kept_and_become_zero_where_dropped(sharing, norm
         dict(noise=True),
     ],
 )
-def test_a_nan_rate_tensor_gives_an_all_nan_output(shape, options):
-    out = dt.drop_block(torch.ones(shape), torch.tensor(float("nan")), 3, **options)
-    assert torch.isnan(out).all()
+def test_a_nan_or_infinite_rate_tensor_gives_an_all_nan_output(shape, options):
+    # Clipped, +inf would drop everything and -inf nothing, silently: a broken schedule is loud instead.
+    for rate in NON_FINITE_RATES:
+        out = dt.drop_block(torch.ones(shape), torch.tensor(rate), 3, **options)
+        assert torch.isnan(out).all(), rate
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", ["inductor", "aot_eager"])
+@pytest.mark.parametrize("options", [dict(normalize="batch"), dict(normalize="none", calibrate=True), dict(noise=True)])
+def test_a_nan_or_infinite_rate_tensor_gives_an_all_nan_output_when_compiled(backend, options):
+    # Inductor folds a product by zero away: a guard written as drop_prob * 0 let a NaN rate
+    # drop nothing and an infinite one everything, silently.
+    step = torch.compile(lambda x, rate: dt.drop_block(x, rate, 3, **options), backend=backend, fullgraph=True)
+    x = torch.ones(2, 64, 32, 32)
+    for rate in NON_FINITE_RATES:
+        assert torch.isnan(step(x, torch.tensor(rate))).all(), rate
+    out = step(x, torch.tensor(0.2))  # the same program with a finite rate: finite, neither x nor all dropped
+    assert torch.isfinite(out).all() and (out != x).any() and (out != 0).any()
 
 
 def test_full_seed_region_over_drops_near_the_map_size_and_calibrate_fixes_it():

@@ -27,6 +27,15 @@ _OPTION_NAMES = DropBlockOptions.names()
 
 Schedule = Callable[[torch.Tensor], torch.Tensor | float]
 
+# Private torch API: the autograd graph task running now, -1 outside a backward pass. Under a
+# torch without it, a forward is never taken for a checkpoint's recomputation.
+_GRAPH_TASK_ID = getattr(torch._C, "_current_graph_task_id", None)
+
+
+def _recomputing() -> bool:
+    """Whether this forward runs inside a backward pass: activation checkpointing recomputing it."""
+    return _GRAPH_TASK_ID is not None and _GRAPH_TASK_ID() != -1
+
 
 class _DropBlockNd(nn.Module):
     spatial_dims: int
@@ -62,6 +71,7 @@ class _DropBlockNd(nn.Module):
         # The Python value is the truth; the float32 buffer is what forward reads (so changing the
         # rate never recompiles), rebuilt from it whenever the module is moved or materialised.
         self._drop_prob = None if self.schedule is not None else rate
+        self._rate_at_forward = None  # with a schedule: the rate of the last forward, for its recomputation
         # Ordinary tensors even when built under torch.inference_mode, so that training can update them.
         with torch.inference_mode(False):
             self.register_buffer("rate", torch.tensor(self._drop_prob or 0.0), persistent=False)
@@ -122,9 +132,17 @@ class _DropBlockNd(nn.Module):
         if not self.training:
             functional.check_rank(x, self.spatial_dims)
             return x
-        rate = self._current_rate()
-        if self.schedule is not None and self.auto_step:
-            self.step.add_(1)
+        eager = not bitmask.tracing()  # compiled code never reads or writes the Python attribute
+        if eager and self.schedule is not None and self._rate_at_forward is not None and _recomputing():
+            # torch.utils.checkpoint runs forward again in the backward pass, with the random
+            # state of the first run: the same rate gives the same mask, and the step stays.
+            rate = self._rate_at_forward
+        else:
+            rate = self._current_rate()
+            if eager and self.schedule is not None:
+                self._rate_at_forward = rate
+            if self.schedule is not None and self.auto_step:
+                self.step.add_(1)
         options = {name: getattr(self, name) for name in _OPTION_NAMES}
         return functional.drop_block(
             x, rate, self.block_size, spatial_dims=self.spatial_dims, inplace=self.inplace, **options

@@ -338,3 +338,29 @@ def test_one_example_under_nnx_vmap_with_spatial_dims():
     out = nnx.vmap(lambda layer, x, key: layer(x, rngs=key), in_axes=(None, 0, 0))(layer, X, keys)
     for i in range(X.shape[0]):
         np.testing.assert_array_equal(out[i], layer(X[i : i + 1], rngs=keys[i])[0])
+
+
+def test_remat_gives_the_gradients_without_it_and_the_schedule_advances_once():
+    # nnx.remat recomputes the forward in the backward pass: the same key and step, so the same
+    # masks; the step's update is the forward's, made once.
+    class Block(nnx.Module):
+        def __init__(self, rngs):
+            self.conv = nnx.Conv(8, 8, (3, 3), rngs=rngs)
+            self.drop = DropBlock(schedules.ramp(0.5, 10), 3, rngs=rngs)
+
+        def __call__(self, x):
+            return self.drop(self.conv(x))
+
+    def kernel_gradients(remat: bool):
+        model = Block(nnx.Rngs(params=0, dropout=1))
+        forward = nnx.remat(lambda m, x: m(x)) if remat else (lambda m, x: m(x))
+        step = nnx.jit(lambda model, x: nnx.grad(lambda m, x: jnp.sum(forward(m, x) ** 2))(model, x))
+        x = jax.random.normal(jax.random.key(2), (4, 16, 16, 8))
+        gradients = [np.asarray(step(model, x).conv.kernel[...]) for _ in range(4)]
+        return gradients, int(model.drop.step[...])
+
+    (plain, plain_step), (rematted, remat_step) = kernel_gradients(False), kernel_gradients(True)
+    assert plain_step == remat_step == 4
+    assert not np.array_equal(plain[1], plain[3])  # the masks (and the rate) change from step to step
+    for expected, got in zip(plain, rematted, strict=True):
+        np.testing.assert_array_equal(got, expected)

@@ -264,6 +264,36 @@ def test_auto_step_false_never_advances_by_itself():
     assert int(layer.step) == 0 and "auto_step=False" in repr(layer)
 
 
+@pytest.mark.parametrize("reentrant", [False, True])
+@pytest.mark.parametrize("rate", ["fixed", "schedule"])
+def test_activation_checkpointing_recomputes_the_same_masks_and_the_schedule_advances_once(reentrant, rate):
+    # torch.utils.checkpoint runs the forward again in the backward pass (with the random state of
+    # the first run): the recomputed masks must be the first run's, at the first run's rate, and a
+    # schedule must not advance twice. A ramp from 0: the first step's layer is the identity.
+    from torch.utils.checkpoint import checkpoint
+
+    torch.manual_seed(0)
+    conv = nn.Conv2d(16, 16, 3, padding=1)
+    make = lambda: dt.DropBlock2d(schedules.ramp(0.5, 10) if rate == "schedule" else 0.2, 5)  # noqa: E731
+    plain, recomputed = make(), make()
+    x = torch.randn(4, 16, 28, 28)
+
+    def weight_gradient(loss: torch.Tensor) -> torch.Tensor:
+        conv.weight.grad = None
+        loss.backward()
+        return conv.weight.grad.clone()
+
+    for iteration in range(4):
+        torch.manual_seed(iteration)
+        expected = weight_gradient(plain(conv(x)).square().sum())
+        torch.manual_seed(iteration)
+        inputs = x.clone().requires_grad_(reentrant)  # reentrant checkpoints need an input that requires grad
+        run = lambda x: recomputed(conv(x)).square().sum()  # noqa: E731
+        assert torch.equal(weight_gradient(checkpoint(run, inputs, use_reentrant=reentrant)), expected), iteration
+    if rate == "schedule":
+        assert int(plain.step) == int(recomputed.step) == 4
+
+
 def test_linear_scheduler_resumes_its_rate_from_a_checkpoint():
     def build():
         return nn.Sequential(nn.Conv2d(3, 3, 1), dt.LinearScheduler(dt.DropBlock2d(0.0, 3), 0.0, 0.25, 6))

@@ -97,9 +97,8 @@ COVERED_GRIDS = {
         "test_normalisation_is_exact": Cover(pairwise=("normalize", "share_channels")),
         "test_shape_and_dtype_are_kept": Cover(each=("dtype", "len(shape)")),
         "test_drop_prob_one_gives_zeros": Cover(),
-        "test_a_traced_nan_or_infinite_rate_makes_the_whole_output_nan": Cover(
-            each=()
-        ),  # the sampler's own test has sparse NaN
+        # The sampler's own test has a sparse NaN rate.
+        "test_a_traced_nan_or_infinite_rate_makes_the_whole_output_nan": Cover(each=()),
         "test_two_to_the_31_elements_or_more_trace_without_int32_overflow": Cover(),
         "test_gradient_is_keep_times_scale": Cover(each=()),
     },

@@ -87,8 +87,8 @@ def test_calibrated_rate_hits_drop_prob(spatial_shape, block, seed_region, drop_
     assert achieved == pytest.approx(drop_prob, abs=1e-12)
 
 
-def _reference_kept_exponent(drop_prob: float, table: rates.RateTable) -> float:
-    """``s = -log(1 - gamma)`` of the calibrated rate, by 200 bisection steps on s (float64).
+def _reference_kept_exponent(drop_prob: float, table: rates.RateTable, steps: int = 200) -> float:
+    """``s = -log(1 - gamma)`` of the calibrated rate, by ``steps`` bisection steps on s (float64).
 
     Compares the dropped fraction with ``drop_prob`` for small rates and the kept fraction with
     ``1 - drop_prob`` for large ones, so that each comparison keeps its relative precision.
@@ -97,7 +97,7 @@ def _reference_kept_exponent(drop_prob: float, table: rates.RateTable) -> float:
     low, high = 0.0, 1.0
     while (weights * np.exp(-counts * high)).sum() > 1 - drop_prob:
         high *= 2
-    for _ in range(200):
+    for _ in range(steps):
         middle = (low + high) / 2
         if drop_prob <= 0.5:
             short = (weights * -np.expm1(-counts * middle)).sum() < drop_prob
@@ -129,6 +129,17 @@ def test_calibrated_rate_converges_on_random_maps_for_tiny_and_near_one_rates(se
             if drop_prob > 0.5 and dtype == np.float64:
                 # 1 - gamma (what is kept) too, through s; a float32 gamma near 1 holds too few of its digits
                 assert -math.log1p(-float(gamma)) == pytest.approx(exponent, rel=10 * rtol), (shape, block, drop_prob)
+
+
+def test_calibrated_rate_converges_on_one_of_the_slowest_maps():
+    # A block of half a 1-D map of 2**20 at rates near 1: the most Newton steps of any map tried
+    # (11 in float64; a map of 2**16 takes 9).
+    table = rates.rate_table((2**20,), (2**19,), "valid")
+    for drop_prob in (0.999, 1 - 1e-6, 1 - 1e-7):
+        exponent = _reference_kept_exponent(drop_prob, table, steps=100)
+        gamma = float(rates.seed_rate_array(np.float64(drop_prob), table, True, np))
+        assert gamma == pytest.approx(-math.expm1(-exponent), rel=1e-12), drop_prob
+        assert -math.log1p(-gamma) == pytest.approx(exponent, rel=1e-12), drop_prob
 
 
 def test_uncalibrated_rate_drops_less_than_asked_and_calibration_fixes_it():

@@ -384,7 +384,7 @@ def test_one_example_is_a_batch_of_one_in_every_function():
     np.testing.assert_array_equal(dj.dropblock(x, key, 0.3, 3, spatial_dims=1), dj.dropblock(x, key, 0.3, 3))
 
 
-# --- a traced NaN rate, inf and NaN inputs, checkify, 2**31 elements ---------------------------
+# --- a traced NaN or infinite rate, inf and NaN inputs, checkify, 2**31 elements ---------------
 
 
 SMALL, SPARSE = (2, 10, 10, 3), (2, 64, 64, 8)  # the second's seed grid is drawn sparsely

@@ -393,11 +393,11 @@ def _normalized_blocks(x, scale, blocks: _Blocks, inplace: bool) -> torch.Tensor
 
 
 def _apply(
-    x, words, packing, layout, seed_region, normalize, noise, generator, expected_drop, inplace, poison=None, seeds=None
+    x, words, packing, layout, seed_region, normalize, noise, generator, expected_drop, inplace, guard=None, seeds=None
 ):
     """Expand the seed ``words`` into blocks and apply them to ``x``.
 
-    ``poison`` is ``rates.nonfinite_guard_array`` of a tensor rate (0, or NaN for a NaN or
+    ``guard`` is ``rates.nonfinite_guard_array`` of a tensor rate (0, or NaN for a NaN or
     infinite rate, which then turns the whole output NaN rather than silently dropping nothing
     or everything), None for a number.
     ``seeds`` gives the seeds one by one where they are known (eagerly, on the CPU): their
@@ -407,7 +407,7 @@ def _apply(
     """
     compute = torch.promote_types(x.dtype, torch.float32)
     per_unit = (words.shape[0], words.shape[1] * packing.bits) == tuple(x.shape[:2])
-    if seeds is not None and per_unit and _writes_blocks(x, compute, noise, inplace, poison):
+    if seeds is not None and per_unit and _writes_blocks(x, compute, noise, inplace, guard):
         count, coordinates = seeds
         if policy.few_enough_blocks(count, x.numel()):
             counted = _dropped_words(words, layout, seed_region) if normalize in ("batch", "sample") else words
@@ -419,13 +419,13 @@ def _apply(
     if noise:
         values = sampling._uniform(x.shape, generator, x.device, compute, normal=True)
         kept = x
-        if poison is not None:  # a non-finite rate: NaN where kept and where noise is written
-            kept, values = (x.to(compute) * (1 + poison)).to(x.dtype), values + poison
+        if guard is not None:  # a non-finite rate: NaN where kept and where noise is written
+            kept, values = (x.to(compute) * (1 + guard)).to(x.dtype), values + guard
         out = torch.where(bitmask.unpack(words, packing), values.to(x.dtype), kept)
         return x.copy_(out) if inplace else _like_x(out, x)
     scale = _scale(words, packing, normalize, expected_drop, compute)
-    if poison is not None:
-        scale = 1 + poison if scale is None else scale + poison
+    if guard is not None:
+        scale = 1 + guard if scale is None else scale + guard
     if bitmask.tracing() and not inplace:
         return _ZeroedScaled.apply(x, words, packing, scale)
     return _normalized(x, bitmask.unpack(words, packing), scale, inplace)
@@ -455,9 +455,9 @@ def _plain_eager_cpu(x: torch.Tensor) -> bool:
     )
 
 
-def _writes_blocks(x: torch.Tensor, compute: torch.dtype, noise: bool, inplace: bool, poison) -> bool:
+def _writes_blocks(x: torch.Tensor, compute: torch.dtype, noise: bool, inplace: bool, guard) -> bool:
     """Whether ``_normalized_blocks`` serves this call (the seeds' coordinates being known)."""
-    if noise or poison is not None or x.numel() == 0 or not _plain_eager_cpu(x):
+    if noise or guard is not None or x.numel() == 0 or not _plain_eager_cpu(x):
         return False
     if not inplace:
         return True
@@ -672,13 +672,13 @@ def drop_block(
     words, packing, positions = _seed_words(
         gamma, layout, seed_region, **sharing, device=x.device, generator=generator, allow_sparse=batched
     )
-    poison = None
+    guard = None
     if concrete is None:
-        poison = rates.nonfinite_guard_array(drop_prob.detach().to(device=x.device, dtype=expected.dtype), torch)
+        guard = rates.nonfinite_guard_array(drop_prob.detach().to(device=x.device, dtype=expected.dtype), torch)
     batch = x if batched else x[None]
     seeds = None
     if positions is not None:
         seeds = positions.numel(), lambda: bitmask.coordinates(positions, packing, words.shape)
-    options = dict(poison=poison, seeds=seeds)
+    options = dict(guard=guard, seeds=seeds)
     out = _apply(batch, words, packing, layout, seed_region, normalize, noise, generator, expected, inplace, **options)
     return out if batched else out[0]

@@ -247,8 +247,7 @@ def seed_rate(
     shape, block = _effective(spatial_shape, block_size)
     drop_prob = validation.drop_prob_value(drop_prob)
     validation.check_choice(seed_region, "seed_region", validation.SEED_REGIONS)
-    with np.errstate(divide="ignore"):  # log1p(-1) = -inf is intended when gamma reaches 1
-        return float(seed_rate_array(np.float64(drop_prob), rate_table(shape, block, seed_region), bool(calibrate), np))
+    return float(seed_rate_array(np.float64(drop_prob), rate_table(shape, block, seed_region), bool(calibrate), np))
 
 
 def expected_drop_fraction(

@@ -13,7 +13,9 @@ unpacking is fused, widens the bytes into int32 words of 32 channels (``widen``)
 channel count is a multiple of 32, and expands, counts and unpacks those; it keeps the
 words for the backward pass, which unpacks them again inside its own pass over the gradient.
 
-Other channel counts (a shared channel axis has size 1) stay one bool per position.
+Other channel counts (a shared channel axis has size 1) stay one bool per position; compiled
+code expands a grid shared by the channels or the batch in int32 lanes of 0 or 1 instead
+(``dilate_lanes``), which ``unpack`` compares with 0.
 
 Bit ``j`` of byte ``i`` is position ``8 * i + j`` in *packed order*: the flat order of the
 bytes ``(N, C // 8, *grid)``, with the bits as the fastest axis.
@@ -99,7 +101,7 @@ def pack(grid: torch.Tensor, packing: Packing) -> torch.Tensor:
 def unpack(words: torch.Tensor, packing: Packing) -> torch.Tensor:
     """The boolean grid ``(N, C, *grid)`` that ``words`` hold."""
     if packing.bits == 1:
-        return words
+        return words if words.dtype == torch.bool else words != 0
     if packing.bits == WORD_BITS or tracing():
         return _unpack_lanes(words, packing)
     bits = words.unsqueeze(2) >> _shifts(words.device, words.dim() + 1)
@@ -122,7 +124,7 @@ def unpack_by_lane_masks(words: torch.Tensor, packing: Packing) -> torch.Tensor:
       True
     """
     if packing.bits == 1:
-        return words
+        return words if words.dtype == torch.bool else words != 0
     return _unpack_lanes(words, packing, by_lane_masks=True)
 
 
@@ -327,6 +329,29 @@ def _dilate_vmap(info, in_dims, words, blocks, paddings):
 
 
 _dilate_op.register_vmap(_dilate_vmap)
+
+
+def dilate_lanes(flags: torch.Tensor, blocks: Sequence[int], paddings: Sequence[tuple[int, int]]) -> torch.Tensor:
+    """``dilate`` of a bool grid for inductor, as int32 lanes of 0 or 1: a windowed max per spatial dim.
+
+    For compiled code and a grid smaller than ``x`` (shared by the channels or the batch):
+    inductor writes each dim's max (a reduction) once, where it would recompute plain ORs of
+    shifted views inside the pass over ``x`` for every unit, and the pass then compares int32
+    lanes with 0 as it reads them (``unpack``), which its C++ backend vectorises, where it
+    widens a bool mask lane by lane. Under ``torch.compile`` this took 0.2 to 0.7 ms less per
+    call than ``dilate``'s opaque op on a 2-core CPU.
+
+    Examples:
+      >>> seeds = torch.zeros(1, 1, 3, dtype=torch.bool)
+      >>> seeds[0, 0, 1] = True
+      >>> dilate_lanes(seeds, [2], [(1, 1)])[0, 0].tolist()  # as dilate, in 0 and 1
+      [0, 1, 1, 0]
+    """
+    covered = F.pad(flags.to(torch.int32), [side for pair in reversed(paddings) for side in pair])
+    for offset, block in enumerate(blocks):
+        if block > 1:
+            covered = covered.unfold(2 + offset, block, 1).amax(-1)
+    return covered
 
 
 def dilate(words: torch.Tensor, blocks: Sequence[int], paddings: Sequence[tuple[int, int]]) -> torch.Tensor:

@@ -415,7 +415,12 @@ def _apply(
             return _normalized_blocks(x, scale, _Blocks(coordinates(), layout, seed_region), inplace)
     if bitmask.tracing():
         words, packing = bitmask.widen(words, packing)
-    words = _dropped_words(words, layout, seed_region)
+    if bitmask.tracing() and packing.bits == 1 and not per_unit:
+        # A grid shared by the channels or the batch is small: expanded in int32 lanes, which
+        # the pass over ``x`` compares with 0 as it reads them (``bitmask.unpack``).
+        words = bitmask.dilate_lanes(words, layout.block, layout.block_paddings(seed_region))
+    else:
+        words = _dropped_words(words, layout, seed_region)
     if noise:
         values = sampling._uniform(x.shape, generator, x.device, compute, normal=True)
         kept = x

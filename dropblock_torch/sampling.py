@@ -68,11 +68,14 @@ def sparse_positions(gamma: float, size: int, budget: int, device, generator) ->
     return positions.clamp_(max=size)
 
 
-def _scatter(positions: torch.Tensor, words_numel, packing: Packing, device) -> torch.Tensor:
-    """Flat words with the bits at ``positions`` set; positions >= ``words_numel * bits`` land in a spare word."""
-    words = torch.zeros(words_numel + 1, dtype=packing.dtype, device=device)
+def _scatter(positions: torch.Tensor, words_numel, packing: Packing, device, dtype=None) -> torch.Tensor:
+    """Flat words with the bits at ``positions`` set; positions >= ``words_numel * bits`` land in a spare word.
+
+    ``dtype`` (unpacked grids only) stores the flags as 0 and 1 of another dtype than bool.
+    """
+    words = torch.zeros(words_numel + 1, dtype=dtype or packing.dtype, device=device)
     if packing.bits == 1:
-        return words.index_put_((positions,), torch.ones((), dtype=torch.bool, device=device))
+        return words.index_put_((positions,), torch.ones((), dtype=words.dtype, device=device))
     bits = torch.ones((), dtype=torch.uint8, device=device) << (positions & (packing.bits - 1)).to(torch.uint8)
     # Positions are distinct, so adding their bits is OR-ing them.
     return words.index_put_((positions // packing.bits,), bits, accumulate=True)
@@ -109,8 +112,8 @@ def _traced_sparse_words(gamma: torch.Tensor, batch, per_example: int, packing: 
     size = batch * per_example
 
     def words_at(positions: torch.Tensor, rows) -> torch.Tensor:
-        words = _scatter(positions, rows * (per_example // packing.bits), packing, device)[:-1]
-        return words.to(torch.uint8).reshape(rows, per_example // packing.bits)
+        words = _scatter(positions, rows * (per_example // packing.bits), packing, device, torch.uint8)[:-1]
+        return words.reshape(rows, per_example // packing.bits)
 
     def as_is(words: torch.Tensor, last: torch.Tensor, gamma: torch.Tensor) -> torch.Tensor:
         return words.clone()

@@ -141,7 +141,8 @@ def frequencies(draw, shape, repeats):
 @pytest.mark.slow
 @pytest.mark.parametrize("gamma", [0.004, 0.05, 0.5])
 @pytest.mark.parametrize("compiled", [False, True])
-def test_seeds_are_bernoulli_at_every_rate_eager_and_compiled(gamma, compiled):
+@pytest.mark.parametrize("packing", [bitmask.PACKED, bitmask.UNPACKED], ids=["packed", "unpacked"])
+def test_seeds_are_bernoulli_at_every_rate_eager_and_compiled(gamma, compiled, packing):
     # 0.004 is drawn sparsely in one round, 0.05 in two (compiled: the second round), 0.5 densely
     # (compiled: two rounds then the dense tail). Every position is Bernoulli(gamma): the mean over
     # positions and the mean of the last tenth (where a short round would leave its mark) are
@@ -150,7 +151,7 @@ def test_seeds_are_bernoulli_at_every_rate_eager_and_compiled(gamma, compiled):
     torch.manual_seed(0)
 
     def draw(rate):
-        return bitmask.unpack(sampling.bernoulli_seeds(rate, shape, bitmask.PACKED, None, None)[0], bitmask.PACKED)
+        return bitmask.unpack(sampling.bernoulli_seeds(rate, shape, packing, None, None)[0], packing)
 
     run = torch.compile(draw, fullgraph=True) if compiled else draw
     rate = torch.tensor(gamma) if compiled else gamma

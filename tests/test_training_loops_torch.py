@@ -505,13 +505,15 @@ def test_compiled_timm_resnet18_with_the_paper_block_trains():
 
 
 @pytest.mark.parametrize(
-    "channels, seed_channels",
-    [(16, 16), (64, 64), (6, 6), (64, 1)],
-    ids=["bytes", "words of 32 channels", "unpacked", "shared"],
+    "channels, seed_channels, seed_batch",
+    [(16, 16, 4), (64, 64, 4), (6, 6, 4), (64, 1, 4), (16, 16, 1), (6, 1, 1)],
+    ids=["bytes", "words of 32 channels", "unpacked", "shared", "shared by the batch", "shared by both"],
 )
 @pytest.mark.parametrize("channels_last", [False, True], ids=["contiguous", "channels-last"])
 @pytest.mark.parametrize("normalize", ["batch", "none"])
-def test_inductor_applies_seeds_bit_for_bit_as_eager_mode(channels, seed_channels, channels_last, normalize):
+def test_inductor_applies_seeds_bit_for_bit_as_eager_mode(
+    channels, seed_channels, seed_batch, channels_last, normalize
+):
     # Compiled code builds its condition differently (see bitmask.unpack); the bits must not
     # change: +0 at dropped units (negative ones too), non-finite values there become 0,
     # kept ones are scaled alike, and the gradient is the same function of the gradient.
@@ -521,7 +523,7 @@ def test_inductor_applies_seeds_bit_for_bit_as_eager_mode(channels, seed_channel
     x[:, :, 2::5, 3::4] = float("nan")
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
-    seeds = torch.rand(4, seed_channels, 10, 10, generator=generator) < 0.05
+    seeds = torch.rand(seed_batch, seed_channels, 10, 10, generator=generator) < 0.05
     grad = torch.randn(x.shape, generator=generator)
 
     def run(function):

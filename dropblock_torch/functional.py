@@ -247,7 +247,7 @@ class _ZeroedScaled(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
         words, scale = ctx.saved_tensors
-        dropped = bitmask.unpack_by_lane_masks(words, ctx.packing)
+        dropped = bitmask.unpack_by_lane_masks(words, ctx.packing, grad.shape)
         return _zeroed_scaled(grad, dropped, scale, ctx.memory_format), None, None, None
 
 

@@ -1,5 +1,6 @@
 """The torch twin's packed masks and its sampler against plain numpy, eager, compiled and vmapped."""
 
+import functools
 import math
 
 import numpy as np
@@ -23,7 +24,7 @@ def test_pack_then_unpack_is_the_identity(shape):
     words = bitmask.pack(grid, packing)
     assert words.shape == packing.words_shape(shape)
     assert torch.equal(bitmask.unpack(words, packing), grid)
-    assert torch.equal(bitmask.unpack_by_lane_masks(words, packing), grid)  # compiled backward's
+    assert torch.equal(bitmask.unpack_by_lane_masks(words, packing, grid.shape), grid)  # compiled backward's
 
 
 @pytest.mark.parametrize("shape", [(2, 8, 5), (3, 16, 4, 7), (1, 24, 3, 4, 5), (2, 3, 6, 6), (2, 1, 9, 9)])
@@ -71,9 +72,10 @@ def test_widened_words_hold_the_same_grid(shape):
     bits = (words.unsqueeze(2) >> torch.arange(32).reshape(32, *(1,) * (len(shape) - 2))) & 1
     assert torch.equal(bits.flatten(1, 2).bool(), grid)
     assert torch.equal(bitmask.unpack(words, packing), grid)
-    assert torch.equal(bitmask.unpack_by_lane_masks(words, packing), grid)
+    assert torch.equal(bitmask.unpack_by_lane_masks(words, packing, grid.shape), grid)
     # Compiled code unpacks bytes through the same words, forward and backward.
-    for unpack in (bitmask.unpack, bitmask.unpack_by_lane_masks):
+    by_lane_masks = functools.partial(bitmask.unpack_by_lane_masks, shape=grid.shape)
+    for unpack in (bitmask.unpack, by_lane_masks):
         unpacked = torch.compile(lambda w, unpack=unpack: unpack(w, bitmask.PACKED), fullgraph=True, dynamic=False)
         assert torch.equal(unpacked(bitmask.pack(grid, bitmask.PACKED)), grid)
 

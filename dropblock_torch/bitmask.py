@@ -41,7 +41,11 @@ def tracing() -> bool:
 
 @dataclasses.dataclass(frozen=True)
 class Packing:
-    """How a boolean grid ``(N, C, *grid)`` is stored: ``bits`` channels per element (8 in a byte, or 1 bool)."""
+    """How a boolean grid ``(N, C, *grid)`` is stored: ``bits`` channels per element (8 in a byte, or 1 bool).
+
+    Under ``torch.compile`` a grid of one channel per element may hold other dtypes than bool:
+    the sampler's bytes, and ``dilate_lanes``' int32 lanes of 0 or 1 (``unpack`` compares them with 0).
+    """
 
     bits: int
 
@@ -99,7 +103,7 @@ def pack(grid: torch.Tensor, packing: Packing) -> torch.Tensor:
 
 
 def unpack(words: torch.Tensor, packing: Packing) -> torch.Tensor:
-    """The boolean grid ``(N, C, *grid)`` that ``words`` hold."""
+    """The boolean grid ``(N, C, *grid)`` that ``words`` hold (int32 lanes: where they are not 0)."""
     if packing.bits == 1:
         return words if words.dtype == torch.bool else words != 0
     if packing.bits == WORD_BITS or tracing():
@@ -127,7 +131,9 @@ def unpack_by_lane_masks(words: torch.Tensor, packing: Packing, shape: Sequence[
       >>> torch.equal(unpack_by_lane_masks(words, PACKED, (1, 16, 1)), unpack(words, PACKED))
       True
     """
-    if packing.bits == 1:  # int32 lanes of 0 or 1: tested by > 0, not unpack's != 0
+    if packing.bits == 1:
+        # > 0 rather than unpack's != 0, for the same reason as the lane masks: one merged
+        # test would be one node, which the partitioner could keep as a boolean mask.
         return words if words.dtype == torch.bool else words.expand(shape) > 0
     return _unpack_lanes(words, packing, by_lane_masks=True)
 
@@ -344,6 +350,14 @@ def dilate_lanes(flags: torch.Tensor, blocks: Sequence[int], paddings: Sequence[
     lanes with 0 as it reads them (``unpack``), which its C++ backend vectorises, where it
     widens a bool mask lane by lane. Under ``torch.compile`` this took 0.2 to 0.7 ms less per
     call than ``dilate``'s opaque op on a 2-core CPU.
+
+    Args:
+      flags: a seed grid ``(N, C, *grid)`` of bools.
+      blocks: the effective block size per spatial dim.
+      paddings: ``(low, high)`` zero padding per spatial dim (``coverage.block_padding``).
+
+    Returns:
+      An int32 tensor ``(N, C, *spatial)``: 1 wherever some seed's block lies, else 0.
 
     Examples:
       >>> seeds = torch.zeros(1, 1, 3, dtype=torch.bool)

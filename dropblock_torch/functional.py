@@ -225,9 +225,10 @@ class _ZeroedScaled(torch.autograd.Function):
     the gradient is ``0 * scale``: 0, since a scale is finite whenever anything is dropped.
 
     The words are what is saved for the backward pass: eagerly the unpacked mask
-    (``bitmask.UNPACKED``); under ``torch.compile`` the packed words (a bit per unit), which each
-    pass unpacks inside its pass over ``x`` or the gradient, so that the traced graph's
-    partitioner has no full-size mask to keep (``bitmask.unpack_by_lane_masks``).
+    (``bitmask.UNPACKED``); under ``torch.compile`` the packed words (a bit per unit), or a
+    shared mask's int32 lanes (``bitmask.dilate_lanes``), which each pass unpacks inside its pass
+    over ``x`` or the gradient, so that the traced graph's partitioner has no boolean mask to
+    keep (``bitmask.unpack_by_lane_masks``).
     """
 
     generate_vmap_rule = True
@@ -416,8 +417,9 @@ def _apply(
     if bitmask.tracing():
         words, packing = bitmask.widen(words, packing)
     if bitmask.tracing() and packing.bits == 1 and not per_unit:
-        # A grid shared by the channels or the batch is small: expanded in int32 lanes, which
-        # the pass over ``x`` compares with 0 as it reads them (``bitmask.unpack``).
+        # A bool grid smaller than ``x`` (shared by the channels, or by the batch of a channel
+        # count that does not pack): expanded in int32 lanes, which the pass over ``x``
+        # compares with 0 as it reads them (``bitmask.unpack``).
         words = bitmask.dilate_lanes(words, layout.block, layout.block_paddings(seed_region))
     else:
         words = _dropped_words(words, layout, seed_region)

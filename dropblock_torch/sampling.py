@@ -71,9 +71,10 @@ def sparse_positions(gamma: float, size: int, budget: int, device, generator) ->
 def _scatter(positions: torch.Tensor, words_numel, packing: Packing, device, dtype=None) -> torch.Tensor:
     """Flat words with the bits at ``positions`` set; positions >= ``words_numel * bits`` land in a spare word.
 
-    ``dtype`` (unpacked grids only) stores the flags as 0 and 1 of another dtype than bool.
+    ``dtype`` overrides ``packing.dtype``: compiled code stores an unpacked grid's flags as bytes
+    of 0 and 1, which inductor writes in vector lanes, where it writes bools lane by lane.
     """
-    words = torch.zeros(words_numel + 1, dtype=dtype or packing.dtype, device=device)
+    words = torch.zeros(words_numel + 1, dtype=packing.dtype if dtype is None else dtype, device=device)
     if packing.bits == 1:
         return words.index_put_((positions,), torch.ones((), dtype=words.dtype, device=device))
     bits = torch.ones((), dtype=torch.uint8, device=device) << (positions & (packing.bits - 1)).to(torch.uint8)

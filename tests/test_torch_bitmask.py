@@ -124,6 +124,29 @@ def test_dilate_matches_the_numpy_reference(shape, block, seed_region):
         np.testing.assert_array_equal(compiled(seeds).numpy(), expected)
 
 
+@pytest.mark.parametrize("seed_region", ["valid", "full"])
+@pytest.mark.parametrize(
+    "shape, block",
+    [((3, 1, 40), (4,)), ((2, 1, 9, 11), (3, 4)), ((2, 1, 10, 10), (7, 7)), ((1, 1, 5, 6, 7), (2, 3, 4))],
+)
+def test_dilate_lanes_matches_the_numpy_reference(shape, block, seed_region):
+    # Compiled code's expansion of a mask shared by the channels: int32 lanes of 0 or 1.
+    spatial = shape[2:]
+    seeds = random_grid((*shape[:2], *coverage.seed_grid_shape(spatial, block, seed_region)), 0.05, 4)
+    paddings = [coverage.block_padding(k, seed_region) for k in block]
+    expected = numpy_reference.dropped_mask(seeds.numpy(), spatial, block, tuple(range(2, len(shape))), seed_region)
+    lanes = bitmask.dilate_lanes(seeds, block, paddings)
+    assert lanes.dtype == torch.int32 and set(lanes.unique().tolist()) <= {0, 1}
+    np.testing.assert_array_equal(bitmask.unpack(lanes, bitmask.UNPACKED).numpy(), expected)
+    with torch._dynamo.config.patch(recompile_limit=64):
+        compiled = torch.compile(
+            lambda s: bitmask.unpack(bitmask.dilate_lanes(s, block, paddings), bitmask.UNPACKED),
+            fullgraph=True,
+            dynamic=False,
+        )
+        np.testing.assert_array_equal(compiled(seeds).numpy(), expected)
+
+
 def test_the_dilate_op_vmaps_over_examples():
     seeds = random_grid((3, 8, 6, 6), 0.1, 3)
     words = bitmask.pack(seeds, bitmask.PACKED)[:, None]  # (3, 1, 1, 6, 6): a batch of one per example

@@ -133,8 +133,10 @@ def test_a_tensor_rate_never_recompiles():
     assert counter.frame_count == 1
 
 
-def test_torch_export_in_train_mode_with_a_dynamic_batch():
-    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), dt.DropBlock2d(schedules.ramp(0.3, 2), 3)).train()
+@pytest.mark.parametrize("share_channels", [False, True])
+def test_torch_export_in_train_mode_with_a_dynamic_batch(share_channels):
+    layer = dt.DropBlock2d(schedules.ramp(0.3, 2), 3, share_channels=share_channels)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), layer).train()
     batch = torch.export.Dim("batch")
     exported = torch.export.export(model, (torch.randn(4, 3, 16, 16),), dynamic_shapes=({0: batch},))
     module = exported.module()
@@ -506,8 +508,8 @@ def test_compiled_timm_resnet18_with_the_paper_block_trains():
 
 @pytest.mark.parametrize(
     "channels, seed_channels, seed_batch",
-    [(16, 16, 4), (64, 64, 4), (6, 6, 4), (64, 1, 4), (16, 16, 1), (6, 1, 1)],
-    ids=["bytes", "words of 32 channels", "unpacked", "shared", "shared by the batch", "shared by both"],
+    [(16, 16, 4), (64, 64, 4), (6, 6, 4), (64, 1, 4), (16, 16, 1), (6, 6, 1), (6, 1, 1)],
+    ids=["bytes", "words", "unpacked", "shared", "bytes shared by the batch", "shared by the batch", "shared by both"],
 )
 @pytest.mark.parametrize("channels_last", [False, True], ids=["contiguous", "channels-last"])
 @pytest.mark.parametrize("normalize", ["batch", "none"])
@@ -573,19 +575,42 @@ def test_a_compiled_resnet_keeps_one_bit_per_dropblock_unit_for_the_backward_pas
     assert 0 < extra <= units // 8 + 128 * len(layers)  # a bit per unit, and a few scalars per layer
 
 
-@pytest.mark.parametrize("sharing", [{"share_channels": True}, {"share_channels": True, "share_batch": True}])
-def test_a_compiled_shared_mask_keeps_its_int32_lanes_for_the_backward_pass(sharing):
+@pytest.mark.parametrize("normalize, inplace", [("sample", False), ("expected", False), ("batch", True)])
+def test_inductor_applies_shared_seeds_bit_for_bit_as_eager_mode_with_every_scale(normalize, inplace):
+    # The int32 lanes of a shared mask (bitmask.dilate_lanes) count per sample and apply in place too.
+    generator = torch.Generator().manual_seed(4)
+    x = torch.randn(4, 16, 12, 12, generator=generator)
+    x[:, :, 1::4, 2::5] = float("nan")
+    seeds = torch.rand(4, 1, 10, 10, generator=generator) < 0.05
+    seeds[0] = False  # a sample with nothing dropped: its scale per sample is 1
+
+    def apply(x, seeds):
+        return dt.apply_seeds(x, seeds, 3, normalize=normalize, expected_drop=0.2, inplace=inplace)
+
+    eager = apply(x.clone(), seeds)
+    compiled = torch.compile(apply, fullgraph=True)(x.clone(), seeds)
+    assert (eager == 0).any()
+    assert same_bits(compiled, eager)
+
+
+@pytest.mark.parametrize(
+    "channels, sharing",
+    [(16, {"share_channels": True}), (16, {"share_channels": True, "share_batch": True}), (6, {"share_batch": True})],
+)
+def test_a_compiled_shared_mask_keeps_its_int32_lanes_for_the_backward_pass(channels, sharing):
     # Kept as a boolean mask instead (a quarter of the bytes, so the partitioner's choice when
     # the backward pass tests the lanes at their own size), the compiled backward pass read it
     # lane by lane: 0.7 ms slower at (32, 256, 28, 28) on a 2-core CPU (bitmask.unpack_by_lane_masks).
     layer = torch.compile(dt.DropBlock2d(0.1, 3, **sharing), fullgraph=True)
-    x = torch.randn(4, 16, 12, 12, requires_grad=True)
+    # A batch of 8: the lanes shared by the batch are then smaller than a boolean mask per unit.
+    x = torch.randn(8, channels, 12, 12, requires_grad=True)
     sizes = []
     with torch.autograd.graph.saved_tensors_hooks(lambda t: sizes.append((t.dtype, t.numel())) or t, lambda t: t):
         layer(x)
-    mask_positions = 12 * 12 * (1 if "share_batch" in sharing else 4)
+    mask_positions = 12 * 12 * (1 if "share_batch" in sharing else 8) * (1 if "share_channels" in sharing else channels)
     assert (torch.int32, mask_positions) in sizes
     assert all(dtype != torch.bool for dtype, _ in sizes)
+    assert sum(dtype.itemsize * numel for dtype, numel in sizes) <= 4 * mask_positions + 64  # the lanes and a scale
 
 
 @pytest.mark.slow

@@ -14,7 +14,7 @@ channel count is a multiple of 32, and expands, counts and unpacks those; it kee
 words for the backward pass, which unpacks them again inside its own pass over the gradient.
 
 Other channel counts (a shared channel axis has size 1) stay one bool per position; compiled
-code expands a grid shared by the channels or the batch in int32 lanes of 0 or 1 instead
+code expands such a grid in int32 lanes of 0 or 1 instead, where it is smaller than ``x``
 (``dilate_lanes``), which ``unpack`` compares with 0.
 
 Bit ``j`` of byte ``i`` is position ``8 * i + j`` in *packed order*: the flat order of the
@@ -344,7 +344,8 @@ _dilate_op.register_vmap(_dilate_vmap)
 def dilate_lanes(flags: torch.Tensor, blocks: Sequence[int], paddings: Sequence[tuple[int, int]]) -> torch.Tensor:
     """``dilate`` of a bool grid for inductor, as int32 lanes of 0 or 1: a windowed max per spatial dim.
 
-    For compiled code and a grid smaller than ``x`` (shared by the channels or the batch):
+    For compiled code and a bool grid smaller than ``x`` (shared by the channels, or by the batch
+    where the channels do not pack into bytes):
     inductor writes each dim's max (a reduction) once, where it would recompute plain ORs of
     shifted views inside the pass over ``x`` for every unit, and the pass then compares int32
     lanes with 0 as it reads them (``unpack``), which its C++ backend vectorises, where it

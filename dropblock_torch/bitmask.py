@@ -286,6 +286,11 @@ def _window_or(padded: torch.Tensor, dim: int, window: int) -> torch.Tensor:
     return covered
 
 
+def _padded(words: torch.Tensor, paddings: Sequence[tuple[int, int]]) -> torch.Tensor:
+    """``words`` zero-padded by ``(low, high)`` per spatial dim (``F.pad`` takes the last dim first)."""
+    return F.pad(words, [side for pair in reversed(paddings) for side in pair])
+
+
 def _dilate_words(words: torch.Tensor, blocks: Sequence[int], paddings: Sequence[tuple[int, int]]) -> torch.Tensor:
     """The block expansion for inductor: pad, then per spatial dim the OR of ``block`` shifted views.
 
@@ -293,7 +298,7 @@ def _dilate_words(words: torch.Tensor, blocks: Sequence[int], paddings: Sequence
     than recomputing it for every read (as it would every stage of ``_window_or``'s doubling
     inside the next), and fuses the pad (and the widening of bytes into words) into the first.
     """
-    covered = F.pad(words, [side for pair in reversed(paddings) for side in pair])  # F.pad: last dim first
+    covered = _padded(words, paddings)
     for offset, block in enumerate(blocks):
         dim = 2 + offset
         length = covered.shape[dim] - block + 1
@@ -366,7 +371,7 @@ def dilate_lanes(flags: torch.Tensor, blocks: Sequence[int], paddings: Sequence[
       >>> dilate_lanes(seeds, [2], [(1, 1)])[0, 0].tolist()  # as dilate, in 0 and 1
       [0, 1, 1, 0]
     """
-    covered = F.pad(flags.to(torch.int32), [side for pair in reversed(paddings) for side in pair])
+    covered = _padded(flags.to(torch.int32), paddings)
     for offset, block in enumerate(blocks):
         if block > 1:
             covered = covered.unfold(2 + offset, block, 1).amax(-1)

@@ -414,9 +414,10 @@ def _apply(
             counted = _dropped_words(words, layout, seed_region) if normalize in ("batch", "sample") else words
             scale = _scale(counted, packing, normalize, expected_drop, compute)
             return _normalized_blocks(x, scale, _Blocks(coordinates(), layout, seed_region), inplace)
-    if bitmask.tracing():
+    tracing = bitmask.tracing()
+    if tracing:
         words, packing = bitmask.widen(words, packing)
-    if bitmask.tracing() and packing.bits == 1 and not per_unit:
+    if tracing and packing.bits == 1 and not per_unit:
         # A bool grid smaller than ``x`` (shared by the channels, or by the batch of a channel
         # count that does not pack): expanded in int32 lanes, which the pass over ``x``
         # compares with 0 as it reads them (``bitmask.unpack``).
@@ -433,7 +434,7 @@ def _apply(
     scale = _scale(words, packing, normalize, expected_drop, compute)
     if guard is not None:
         scale = 1 + guard if scale is None else scale + guard
-    if bitmask.tracing() and not inplace:
+    if tracing and not inplace:
         return _ZeroedScaled.apply(x, words, packing, scale)
     return _normalized(x, bitmask.unpack(words, packing), scale, inplace)
 

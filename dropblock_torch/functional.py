@@ -155,12 +155,19 @@ def _scale(words: torch.Tensor, packing: bitmask.Packing, normalize: str, expect
     per_sample = normalize == "sample"
     lost = bitmask.count(words, packing, per_row=per_sample)
     total = (words[0].numel() if per_sample else words.numel()) * packing.bits
+    if not per_sample and _plain_eager_cpu(lost):
+        # The count reads back for free: one scalar from numpy, where the tensor formula below
+        # takes a handful of small operations. The same division in the same dtype, so the same bits.
+        kept = total - int(lost)
+        as_numpy = _NUMPY_FLOATS[compute]
+        return torch.full(lost.shape, as_numpy(total) / as_numpy(kept) if kept > 0 else 0.0, dtype=compute)
     kept = (total - lost).to(compute)
     total = torch.full((), total, dtype=compute, device=words.device)
     # The denominator is never 0, so no division by zero is ever evaluated.
     return torch.where(kept > 0, total / kept.clamp(min=1), 0.0)
 
 
+_NUMPY_FLOATS = {torch.float32: np.float32, torch.float64: np.float64}
 _SAME_WIDTH_INT = {torch.float64: torch.int64, torch.float32: torch.int32, torch.float16: torch.int16}
 _SAME_WIDTH_INT[torch.bfloat16] = torch.int16
 
@@ -191,6 +198,11 @@ class _ZeroBits(torch.autograd.Function):
         return _zero_bits(grad, dropped), None
 
 
+def _needs_grad(x: torch.Tensor) -> bool:
+    """Whether autograd records an operation on ``x`` (else a custom function's forward may be called as is)."""
+    return torch.is_grad_enabled() and x.requires_grad
+
+
 def _zero_bits(x: torch.Tensor, dropped: torch.Tensor) -> torch.Tensor:
     integer = _SAME_WIDTH_INT[x.dtype]
     return (x.view(integer) & (dropped.to(integer) - 1)).view(x.dtype)
@@ -209,7 +221,7 @@ def _zeroed(x: torch.Tensor, dropped: torch.Tensor, compute: torch.dtype, inplac
     # For a mask shared by the channels (whose integer form is small), an AND of the bits is
     # one vectorised pass; a mask per unit is cheaper through where.
     if dropped.numel() * 2 <= x.numel():
-        return _ZeroBits.apply(x, dropped).to(compute)
+        return (_ZeroBits.apply(x, dropped) if _needs_grad(x) else _zero_bits(x, dropped)).to(compute)
     return torch.where(dropped, 0.0, x.to(compute))
 
 
@@ -270,6 +282,8 @@ def _normalized(x: torch.Tensor, dropped: torch.Tensor, scale: torch.Tensor | No
     in-place product is cheaper on the CPU than a product then ``masked_fill_``.
     """
     if not inplace:
+        if not _needs_grad(x):  # the same function, without autograd's bookkeeping
+            return _zeroed_scaled(x, dropped, scale, _channels_last_format(x))
         return _ZeroedScaled.apply(x, dropped, bitmask.UNPACKED, scale)
     compute = x.dtype if scale is None else scale.dtype
     out = _zeroed(x, dropped, compute, inplace)
@@ -388,7 +402,7 @@ def _normalized_blocks(x, scale, blocks: _Blocks, inplace: bool) -> torch.Tensor
         if scale is not None:
             x.mul_(scale)
         return _zero_blocks_(x, blocks)
-    if torch.is_grad_enabled() and x.requires_grad:
+    if _needs_grad(x):
         return _BlocksZeroedScaled.apply(x, scale, blocks, None)
     return _scaled_blocks_zeroed(x, scale, blocks)
 
@@ -469,7 +483,7 @@ def _writes_blocks(x: torch.Tensor, compute: torch.dtype, noise: bool, inplace: 
         return False
     if not inplace:
         return True
-    return x.dtype == compute and _dense(x) and not (torch.is_grad_enabled() and x.requires_grad)
+    return x.dtype == compute and _dense(x) and not _needs_grad(x)
 
 
 def _seed_words(gamma, layout, seed_region, *, share_channels, share_batch, device, generator, allow_sparse=True):

@@ -335,6 +335,41 @@ def test_gradient_is_keep_times_scale(normalize):
     torch.testing.assert_close(x.grad, (out / x).detach() * weights, rtol=2e-6, atol=0)
 
 
+@pytest.mark.parametrize("share_channels", [False, True])
+def test_torch_func_grad_gives_autograds_gradient(share_channels):
+    # Without autograd recording (no input that needs a gradient) the custom functions' forward
+    # is called directly; under torch.func.grad the recorded path must still run.
+    x = random_x((2, 8, 10, 10), torch.float64)
+
+    def loss(x):
+        out = dt.drop_block(x, 0.3, 3, share_channels=share_channels, generator=generator(2))
+        return (out * out).sum()
+
+    recorded = x.clone().requires_grad_()
+    loss(recorded).backward()
+    transformed = torch.func.grad(loss)(x)
+    assert torch.equal(transformed, recorded.grad)
+    assert bool((transformed == 0).any()) and bool((transformed != 0).any())
+
+
+@pytest.mark.parametrize("compute", [torch.float32, torch.float64])
+@pytest.mark.parametrize(
+    "shape, lost",
+    [((2, 8, 10, 10), 0), ((2, 8, 10, 10), 37), ((2, 8, 10, 10), 1600), ((1, 1, 4099, 4099), 1_234_567)],
+    ids=["none-lost", "some-lost", "all-lost", "total-above-2**24"],
+)
+def test_the_batch_scale_read_back_on_the_cpu_has_the_bits_of_the_tensor_formula(compute, shape, lost, monkeypatch):
+    # Eagerly on the CPU the dropped count is read back and the scale divided in numpy; traced
+    # or on another device it stays a tensor formula. Both must give the same bits, also where
+    # the total is no float32 (4099**2 > 2**24) and where everything is dropped (a scale of 0).
+    words = torch.zeros(shape, dtype=torch.bool)
+    words.view(-1)[:lost] = True
+    read_back = functional._scale(words, functional.bitmask.UNPACKED, "batch", None, compute)
+    monkeypatch.setattr(functional, "_plain_eager_cpu", lambda tensor: False)
+    formula = functional._scale(words, functional.bitmask.UNPACKED, "batch", None, compute)
+    assert same_bits(read_back, formula), (read_back, formula)
+
+
 def test_a_tensor_rate_gets_no_gradient():
     rate = torch.tensor(0.2, requires_grad=True)
     x = random_x((2, 3, 10, 10)).requires_grad_()

@@ -241,6 +241,44 @@ def test_gradient_is_keep_times_scale(normalize):
     np.testing.assert_allclose(grad, keep_times_scale * weights, rtol=2e-6)
 
 
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16, jnp.float16])
+@pytest.mark.parametrize("dropped_value", [None, 0.0, float("nan")])
+def test_the_select_on_bits_is_where_to_the_bit_and_in_its_derivatives(dtype, dropped_value):
+    # functional._where_dropped selects with integer arithmetic on the bits; it must give where's
+    # bits (signed zeros, infinities and a NaN payload kept, the dropped value written exactly)
+    # and where's derivatives in forward and reverse mode, broadcasting a mask as shared masks do.
+    from dropblock_jax import functional
+
+    payload_nan = jax.lax.bitcast_convert_type(jnp.array(0x7FA01234, jnp.int32), jnp.float32)
+    row = jnp.array([-0.0, 0.0, -2.5, jnp.inf, -jnp.inf, 3.0, 1e-30, 7.0]).at[5].set(payload_nan)
+    values = jnp.stack([row, -row]).astype(dtype)[..., None]  # (2, 8, 1)
+    values = jnp.broadcast_to(values, (2, 8, 3))
+    dropped = jnp.array([[0, 1, 0, 1, 0, 0, 1, 0], [1, 0, 0, 0, 1, 1, 0, 1]], jnp.int32)[..., None]  # broadcast
+    fill = None if dropped_value is None else jnp.asarray(dropped_value, dtype)
+    expected = jnp.where(dropped != 0, jnp.zeros((), dtype) if fill is None else fill, values)
+    got = functional._where_dropped(dropped, values, fill)
+    integer = {2: jnp.int16, 4: jnp.int32}[jnp.dtype(dtype).itemsize]
+    np.testing.assert_array_equal(
+        jax.lax.bitcast_convert_type(got, integer), jax.lax.bitcast_convert_type(expected, integer)
+    )
+    tangent = jnp.ones_like(values)
+    where_map = lambda v: jnp.where(dropped != 0, jnp.zeros((), dtype), v)  # noqa: E731
+    select_map = lambda v: functional._where_dropped(dropped, v, fill)  # noqa: E731
+    np.testing.assert_array_equal(jax.jvp(select_map, (values,), (tangent,))[1], where_map(tangent))
+    weights = jnp.arange(48, dtype=jnp.float32).reshape(2, 8, 3).astype(dtype)
+    finite = jnp.where(jnp.isfinite(values), values, 1).astype(dtype)
+    grad = jax.grad(lambda v: jnp.sum((select_map(v) * weights).astype(jnp.float32)))(finite)
+    np.testing.assert_array_equal(grad, where_map(weights))
+
+
+def test_forward_mode_through_dropblock_is_the_mask_times_the_scale():
+    x = random_x((2, 10, 10, 16))
+    key = jax.random.key(3)
+    out, tangent = jax.jvp(lambda x: dj.dropblock(x, key, 0.3, 3), (x,), (jnp.ones_like(x),))
+    np.testing.assert_allclose(tangent, out / x, rtol=1e-6)
+    assert 0.05 < float((tangent == 0).mean()) < 0.6
+
+
 def test_gradient_with_respect_to_a_traced_rate_is_zero():
     x = random_x((2, 10, 10, 3))
     grad = jax.grad(lambda p: jnp.sum(dj.dropblock(x, jax.random.key(0), p, 3, normalize="expected")))(0.2)

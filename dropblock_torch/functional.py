@@ -216,13 +216,27 @@ def _zeroed(x: torch.Tensor, dropped: torch.Tensor, compute: torch.dtype, inplac
         # ``x`` (and of the incoming gradient), which inductor makes channels-last in conv
         # models; where's would follow the mask and transpose every unit.
         return x.to(compute).masked_fill(dropped, 0.0)
+    # ATen's CPU where and masked_fill_ are not vectorised (3.5x and 5.6x a product on a 2-core
+    # AMD EPYC); a product of the bits with the kept flags is, where nothing records a gradient.
+    by_bits = x.device.type == "cpu" and not _needs_grad(x)
     if inplace and x.dtype == compute:
-        return x.masked_fill_(dropped, 0)
+        return _kept_bits(x, dropped, inplace=True) if by_bits else x.masked_fill_(dropped, 0)
     # For a mask shared by the channels (whose integer form is small), an AND of the bits is
-    # one vectorised pass; a mask per unit is cheaper through where.
+    # one vectorised pass.
     if dropped.numel() * 2 <= x.numel():
         return (_ZeroBits.apply(x, dropped) if _needs_grad(x) else _zero_bits(x, dropped)).to(compute)
+    if by_bits:  # a conversion to ``compute`` is a copy of ours to write into
+        return _kept_bits(x.to(compute), dropped, inplace=x.dtype != compute)
     return torch.where(dropped, 0.0, x.to(compute))
+
+
+def _kept_bits(x: torch.Tensor, dropped: torch.Tensor, inplace: bool) -> torch.Tensor:
+    """``where(dropped, +0, x)`` as ``x``'s bits (integers) times the kept flags (1 or 0): the same bits, vectorised."""
+    bits, kept = x.view(_SAME_WIDTH_INT[x.dtype]), ~dropped
+    if inplace:
+        bits.mul_(kept)
+        return x
+    return (bits * kept).view(x.dtype)
 
 
 class _ZeroedScaled(torch.autograd.Function):

@@ -154,6 +154,24 @@ def with_specials(x: torch.Tensor) -> torch.Tensor:
     return x
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+@pytest.mark.parametrize(
+    "mask_shape", [(2, 6, 5, 5), (2, 1, 5, 5), (1, 6, 5, 5)], ids=["per-unit", "shared-channels", "shared-batch"]
+)
+@pytest.mark.parametrize("inplace", [False, True])
+def test_zeroing_on_the_cpu_gives_the_bits_of_where(dtype, mask_shape, inplace):
+    # Eagerly on the CPU, with nothing to record for autograd, dropped units are cleared by a
+    # product of x's bits with the kept flags (or an AND) rather than where or masked_fill_.
+    x = with_specials(random_x((2, 6, 5, 5), dtype))
+    dropped = torch.rand(mask_shape, generator=generator(3)) < 0.4
+    compute = torch.promote_types(dtype, torch.float32)
+    expected = torch.where(dropped, 0.0, x.to(compute))
+    written = x.clone()
+    out = functional._zeroed(written, dropped, compute, inplace)
+    assert same_bits(out, expected)
+    assert (out.data_ptr() == written.data_ptr()) == (inplace and dtype == compute)
+
+
 def spy(function, calls: list):
     """``function``, recording that it was called in ``calls``."""
 

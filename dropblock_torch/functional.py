@@ -18,6 +18,7 @@ from typing import NamedTuple
 
 import numpy as np
 import torch
+from torch.autograd import forward_ad
 
 from dropblock_common import coverage, rates, validation
 from dropblock_common import layout as layouts
@@ -160,7 +161,8 @@ def _scale(words: torch.Tensor, packing: bitmask.Packing, normalize: str, expect
         # takes a handful of small operations. The same division in the same dtype, so the same bits.
         kept = total - int(lost)
         as_numpy = _NUMPY_FLOATS[compute]
-        return torch.full(lost.shape, as_numpy(total) / as_numpy(kept) if kept > 0 else 0.0, dtype=compute)
+        scale = as_numpy(total) / as_numpy(kept) if kept > 0 else 0.0
+        return torch.full(lost.shape, scale, dtype=compute, device=lost.device)
     kept = (total - lost).to(compute)
     total = torch.full((), total, dtype=compute, device=words.device)
     # The denominator is never 0, so no division by zero is ever evaluated.
@@ -173,20 +175,19 @@ _SAME_WIDTH_INT[torch.bfloat16] = torch.int16
 
 
 class _ZeroBits(torch.autograd.Function):
-    """``where(dropped, +0, x)`` as an AND of ``x``'s bits with 0 (dropped) or all ones (kept), and its gradient.
+    """``_kept_bits`` (``where(dropped, +0, x)`` on the bits), and its gradient, the same map.
 
-    Used eagerly for a mask shared by the channels: the AND of ``x``'s integer view with a
-    broadcast integer mask (the mask's size, not ``x``'s) is one vectorised pass, where a
-    ``where`` on a broadcast boolean mask is slower on the CPU. All bits cleared is +0; a kept
-    unit keeps its bits, so the result is ``where``'s to the bit. (Compiled code uses
-    ``masked_fill``: inductor's C++ backend scalarises bit casts.)
+    Used eagerly for a mask shared by the channels: a product of ``x``'s integer view with a
+    broadcast mask (the mask's size, not ``x``'s) is one vectorised pass, where a ``where`` on
+    a broadcast boolean mask is slower on the CPU. (Compiled code uses ``masked_fill``:
+    inductor's C++ backend scalarises bit casts.)
     """
 
     generate_vmap_rule = True
 
     @staticmethod
     def forward(x: torch.Tensor, dropped: torch.Tensor) -> torch.Tensor:
-        return _zero_bits(x, dropped)
+        return _kept_bits(x, dropped, inplace=False)
 
     @staticmethod
     def setup_context(ctx, inputs, output) -> None:
@@ -195,17 +196,26 @@ class _ZeroBits(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
         (dropped,) = ctx.saved_tensors
-        return _zero_bits(grad, dropped), None
+        return _kept_bits(grad, dropped, inplace=False), None
 
 
 def _needs_grad(x: torch.Tensor) -> bool:
-    """Whether autograd records an operation on ``x`` (else a custom function's forward may be called as is)."""
+    """Whether autograd's reverse mode records an operation on ``x``."""
     return torch.is_grad_enabled() and x.requires_grad
 
 
-def _zero_bits(x: torch.Tensor, dropped: torch.Tensor) -> torch.Tensor:
-    integer = _SAME_WIDTH_INT[x.dtype]
-    return (x.view(integer) & (dropped.to(integer) - 1)).view(x.dtype)
+def _differentiated(x: torch.Tensor) -> bool:
+    """Whether an operation on ``x`` may be differentiated, in reverse mode, forward mode or a ``torch.func`` transform.
+
+    Only where none may are the custom functions' forwards called as they are and ``x``'s bits
+    multiplied (``_kept_bits``): neither has a derivative of its own.
+    """
+    return (
+        _needs_grad(x)
+        or forward_ad.unpack_dual(x).tangent is not None
+        or _FUNCTORCH_LEVEL is None
+        or _FUNCTORCH_LEVEL() is not None
+    )
 
 
 def _zeroed(x: torch.Tensor, dropped: torch.Tensor, compute: torch.dtype, inplace: bool) -> torch.Tensor:
@@ -218,13 +228,14 @@ def _zeroed(x: torch.Tensor, dropped: torch.Tensor, compute: torch.dtype, inplac
         return x.to(compute).masked_fill(dropped, 0.0)
     # ATen's CPU where and masked_fill_ are not vectorised (3.5x and 5.6x a product on a 2-core
     # AMD EPYC); a product of the bits with the kept flags is, where nothing records a gradient.
-    by_bits = x.device.type == "cpu" and not _needs_grad(x)
+    by_bits = x.device.type == "cpu" and not _differentiated(x)
     if inplace and x.dtype == compute:
         return _kept_bits(x, dropped, inplace=True) if by_bits else x.masked_fill_(dropped, 0)
-    # For a mask shared by the channels (whose integer form is small), an AND of the bits is
-    # one vectorised pass.
+    # For a mask shared by the channels (small), the product of the bits is one vectorised pass
+    # on every device.
     if dropped.numel() * 2 <= x.numel():
-        return (_ZeroBits.apply(x, dropped) if _needs_grad(x) else _zero_bits(x, dropped)).to(compute)
+        zeroed = _ZeroBits.apply(x, dropped) if _differentiated(x) else _kept_bits(x, dropped, inplace=False)
+        return zeroed.to(compute)
     if by_bits:  # a conversion to ``compute`` is a copy of ours to write into
         return _kept_bits(x.to(compute), dropped, inplace=x.dtype != compute)
     return torch.where(dropped, 0.0, x.to(compute))
@@ -292,11 +303,11 @@ def _normalized(x: torch.Tensor, dropped: torch.Tensor, scale: torch.Tensor | No
     written zero times a finite scale stays +0). Dropped units are written as zeros, not
     multiplied by 0: an inf or NaN in ``x`` stays where it is kept and becomes 0 where it is
     dropped, whatever is shared; a NaN scale (a NaN or infinite rate) makes everything NaN. No full-size
-    factor or float copy of the mask is allocated, and in eager mode a ``where`` then an
-    in-place product is cheaper on the CPU than a product then ``masked_fill_``.
+    factor or float copy of the mask is allocated; eagerly the zeros are written on the bits
+    (``_zeroed``), then the product is taken in place.
     """
     if not inplace:
-        if not _needs_grad(x):  # the same function, without autograd's bookkeeping
+        if not _differentiated(x):  # the same function, without autograd's bookkeeping
             return _zeroed_scaled(x, dropped, scale, _channels_last_format(x))
         return _ZeroedScaled.apply(x, dropped, bitmask.UNPACKED, scale)
     compute = x.dtype if scale is None else scale.dtype
@@ -409,7 +420,7 @@ def _normalized_blocks(x, scale, blocks: _Blocks, inplace: bool) -> torch.Tensor
     One pass over ``x`` (the product by the scale), then +0 written over each block, where a
     mask of ``x``'s size would be unpacked and read by a ``where`` (a scalar loop on the CPU).
     The same bits: a kept unit is ``x * scale``, a dropped one +0 whatever ``x`` holds there.
-    A mask shared by the channels or the batch keeps the AND of bits (``_ZeroBits``): its
+    A mask shared by the channels or the batch keeps the product of bits (``_kept_bits``): its
     blocks span strided channels, which ``index_fill_`` writes more slowly than that pass.
     """
     if inplace:

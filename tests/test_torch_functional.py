@@ -370,6 +370,48 @@ def test_torch_func_grad_gives_autograds_gradient(share_channels):
     assert bool((transformed == 0).any()) and bool((transformed != 0).any())
 
 
+# torch's own forward-AD helpers (make_dual, unpack_dual) import a module that uses torch.jit.script.
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")
+@pytest.mark.parametrize("drop_prob, block_size", [(0.1, 3), (0.5, 3)], ids=["blocks-written", "whole-mask"])
+@pytest.mark.parametrize("share_channels", [False, True])
+@pytest.mark.parametrize("inplace", [False, True])
+def test_forward_mode_tangents_are_the_mask_times_the_scale_or_refused(drop_prob, block_size, share_channels, inplace):
+    # Bits multiplied as integers carry no tangent: a dual x (forward-mode AD) must get the
+    # linear map's tangent, or an error, never a silently wrong one.
+    import torch.autograd.forward_ad as fwAD
+
+    x = random_x((2, 8, 10, 10))
+    options = dict(share_channels=share_channels, inplace=inplace)
+    expected = dt.drop_block(x.clone(), drop_prob, block_size, **options, generator=generator(2)) / x
+    with fwAD.dual_level():
+        dual = fwAD.make_dual(x.clone(), torch.ones_like(x))
+        try:
+            out = dt.drop_block(dual, drop_prob, block_size, **options, generator=generator(2))
+        except (NotImplementedError, RuntimeError):
+            return
+        tangent = fwAD.unpack_dual(out).tangent
+    assert tangent is not None
+    torch.testing.assert_close(tangent, expected, rtol=1e-6, atol=0)
+
+
+@pytest.mark.parametrize("share_channels", [False, True])
+def test_a_default_device_elsewhere_changes_nothing(share_channels):
+    # Tensors made inside (the read-back scale among them) follow x, not torch's default device.
+    x = random_x((2, 8, 10, 10))
+    expected = dt.drop_block(x, 0.5, 3, share_channels=share_channels, generator=generator(1))
+    with torch.device("meta"):
+        out = dt.drop_block(x, 0.5, 3, share_channels=share_channels, generator=generator(1))
+    assert same_bits(out, expected)
+
+
+def test_vmap_over_seeds_with_an_unbatched_half_precision_x():
+    x = random_x((2, 8, 10, 10), torch.float16)
+    seeds = torch.rand((3, 2, 8, 8, 8), generator=generator(1)) < 0.3
+    vmapped = torch.func.vmap(lambda s: dt.apply_seeds(x, s, 3))(seeds)
+    one_by_one = torch.stack([dt.apply_seeds(x, s, 3) for s in seeds])
+    assert same_bits(vmapped, one_by_one)
+
+
 @pytest.mark.parametrize("compute", [torch.float32, torch.float64])
 @pytest.mark.parametrize(
     "shape, lost",

@@ -371,7 +371,7 @@ def test_torch_func_grad_gives_autograds_gradient(share_channels):
 
 
 # torch's own forward-AD helpers (make_dual, unpack_dual) import a module that uses torch.jit.script.
-@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated")
 @pytest.mark.parametrize("drop_prob, block_size", [(0.1, 3), (0.5, 3)], ids=["blocks-written", "whole-mask"])
 @pytest.mark.parametrize("share_channels", [False, True])
 @pytest.mark.parametrize("inplace", [False, True])

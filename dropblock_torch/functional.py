@@ -227,7 +227,7 @@ def _zeroed(x: torch.Tensor, dropped: torch.Tensor, compute: torch.dtype, inplac
         # models; where's would follow the mask and transpose every unit.
         return x.to(compute).masked_fill(dropped, 0.0)
     # ATen's CPU where and masked_fill_ are not vectorised (3.5x and 5.6x a product on a 2-core
-    # AMD EPYC); a product of the bits with the kept flags is, where nothing records a gradient.
+    # AMD EPYC); a product of the bits with the kept flags is, where nothing differentiates it.
     by_bits = x.device.type == "cpu" and not _differentiated(x)
     if inplace and x.dtype == compute:
         return _kept_bits(x, dropped, inplace=True) if by_bits else x.masked_fill_(dropped, 0)

@@ -210,12 +210,7 @@ def _differentiated(x: torch.Tensor) -> bool:
     Only where none may are the custom functions' forwards called as they are and ``x``'s bits
     multiplied (``_kept_bits``): neither has a derivative of its own.
     """
-    return (
-        _needs_grad(x)
-        or forward_ad.unpack_dual(x).tangent is not None
-        or _FUNCTORCH_LEVEL is None
-        or _FUNCTORCH_LEVEL() is not None
-    )
+    return _needs_grad(x) or forward_ad.unpack_dual(x).tangent is not None or _transformed()
 
 
 def _zeroed(x: torch.Tensor, dropped: torch.Tensor, compute: torch.dtype, inplace: bool) -> torch.Tensor:
@@ -228,13 +223,14 @@ def _zeroed(x: torch.Tensor, dropped: torch.Tensor, compute: torch.dtype, inplac
         return x.to(compute).masked_fill(dropped, 0.0)
     # ATen's CPU where and masked_fill_ are not vectorised (3.5x and 5.6x a product on a 2-core
     # AMD EPYC); a product of the bits with the kept flags is, where nothing differentiates it.
-    by_bits = x.device.type == "cpu" and not _differentiated(x)
+    differentiated = _differentiated(x)
+    by_bits = x.device.type == "cpu" and not differentiated
     if inplace and x.dtype == compute:
         return _kept_bits(x, dropped, inplace=True) if by_bits else x.masked_fill_(dropped, 0)
     # For a mask shared by the channels (small), the product of the bits is one vectorised pass
     # on every device.
     if dropped.numel() * 2 <= x.numel():
-        zeroed = _ZeroBits.apply(x, dropped) if _differentiated(x) else _kept_bits(x, dropped, inplace=False)
+        zeroed = _ZeroBits.apply(x, dropped) if differentiated else _kept_bits(x, dropped, inplace=False)
         return zeroed.to(compute)
     if by_bits:  # a conversion to ``compute`` is a copy of ours to write into
         return _kept_bits(x.to(compute), dropped, inplace=x.dtype != compute)
@@ -484,6 +480,11 @@ _FUNCTORCH_LEVEL = getattr(torch._C._functorch, "maybe_current_level", None)
 _DISPATCH_MODE = getattr(getattr(torch.utils, "_python_dispatch", None), "_get_current_dispatch_mode", None)
 
 
+def _transformed() -> bool:
+    """Whether a ``torch.func`` transform is active (assumed so under a torch that cannot tell)."""
+    return _FUNCTORCH_LEVEL is None or _FUNCTORCH_LEVEL() is not None
+
+
 def _plain_eager_cpu(x: torch.Tensor) -> bool:
     """Whether ``x`` is a plain CPU tensor computed eagerly: no tracing, transform or dispatch mode.
 
@@ -495,8 +496,7 @@ def _plain_eager_cpu(x: torch.Tensor) -> bool:
         type(x) in (torch.Tensor, torch.nn.Parameter)
         and x.device.type == "cpu"
         and not bitmask.tracing()
-        and _FUNCTORCH_LEVEL is not None
-        and _FUNCTORCH_LEVEL() is None
+        and not _transformed()
         and _DISPATCH_MODE is not None
         and _DISPATCH_MODE() is None
     )

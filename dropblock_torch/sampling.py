@@ -105,10 +105,16 @@ def _traced_round(gamma: torch.Tensor, size, budget, last, device) -> torch.Tens
 def _traced_sparse_words(gamma: torch.Tensor, batch, per_example: int, packing: Packing, device) -> torch.Tensor:
     """Rounds of gaps (a small one, then one budgeted for ``TRACED_RATE_CAP``), then a dense tail if still short.
 
-    Each step runs only if the grid is not complete yet (``torch.cond``). The words go through
-    ``torch.cond`` as ``(batch, per_example // bits)`` bytes, even unpacked: inductor (torch 2.13)
-    mishandles a bool operand there, and binds a symbolic batch only from a dimension that is
-    exactly that symbol (a flat grid of ``batch * per_example`` fails to compile).
+    Each step past the first runs only if the grid is not complete yet (``torch.cond``), and
+    returns the words of the seeds after the previous step's last one, which are OR-ed into its
+    words outside the ``torch.cond``. So the common case (the first round completes the grid)
+    hands ``torch.cond`` nothing but scalars and an empty tensor: inductor keeps a branch's
+    operands alive to the end of the graph on one of the two branches (which one depends on
+    the torch version), and the first round's words would then share the peak with the output.
+    Words are ``(batch, per_example // bits)`` bytes, even unpacked: inductor (torch 2.13)
+    mishandles a bool operand of ``torch.cond``, and binds a symbolic batch only from a
+    dimension that is exactly that symbol (a flat grid of ``batch * per_example`` fails to
+    compile), hence the empty ``(batch, 0)`` operand.
     """
     size = batch * per_example
 
@@ -125,17 +131,20 @@ def _traced_sparse_words(gamma: torch.Tensor, batch, per_example: int, packing: 
         fresh = bitmask.pack_flat((_uniform((rows * per_example,), None, device) < gamma) & after, packing)
         return words | fresh.to(torch.uint8).reshape(words.shape)
 
-    def second_round(words: torch.Tensor, last: torch.Tensor, gamma: torch.Tensor) -> torch.Tensor:
-        rows = words.shape[0]
-        grid_size = rows * per_example
+    def none_after(rows: torch.Tensor, last: torch.Tensor, gamma: torch.Tensor) -> torch.Tensor:
+        return torch.zeros(rows.shape[0], per_example // packing.bits, dtype=torch.uint8, device=device)
+
+    def after(rows: torch.Tensor, last: torch.Tensor, gamma: torch.Tensor) -> torch.Tensor:
+        grid_size = rows.shape[0] * per_example
         positions = _traced_round(gamma, grid_size, policy.linear_seed_budget(grid_size), last, device)
-        words = words | words_at(positions, rows)
-        return torch.cond(positions[-1] < grid_size - 1, dense_tail, as_is, (words, positions[-1], gamma))
+        words = words_at(positions, rows.shape[0])
+        return torch.cond(positions[-1] < grid_size - 1, dense_tail, as_is, (words, positions[-1].clone(), gamma))
 
     first_budget = policy.linear_seed_budget(size, FIRST_ROUND_RATE_CAP)
     positions = _traced_round(gamma, size, first_budget, torch.tensor(-1, device=device), device)
-    first = words_at(positions, batch)
-    words = torch.cond(positions[-1] < size - 1, second_round, as_is, (first, positions[-1], gamma))
+    # The last position as a buffer of its own (a sum over one element): a view would keep all positions alive.
+    last, rows = positions[-1:].sum(), torch.empty(batch, 0, dtype=torch.uint8, device=device)
+    words = words_at(positions, batch) | torch.cond(last < size - 1, after, none_after, (rows, last, gamma))
     return words if packing.bits > 1 else words != 0
 
 

@@ -8,7 +8,9 @@ its residual block, applied by a forward hook on the batch norm it follows (on t
 of a skip connection, or as the block's ``downsample`` where the skip is the identity). So a
 strict ``load_state_dict`` of pretrained weights saved without DropBlock still works, the
 model's own checkpoints keep the schedule steps, eval output is bit-identical to the model
-without DropBlock, and ``set_step`` reaches every inserted layer.
+without DropBlock, and ``set_step`` reaches every inserted layer. A batch norm replaced later
+(``nn.SyncBatchNorm.convert_sync_batchnorm`` for DDP, a frozen batch norm) passes the hook on
+to its replacement at the block's next forward.
 
 Adding DropBlock after a batch norm rather than after the ReLU that follows it gives the same
 output: zeroing and a positive rescale commute with the ReLU.
@@ -71,11 +73,34 @@ def _after_batch_norms(block: nn.Module, preset: str) -> list[str]:
     return ["bn1", "bn2", "bn3"] if _block_kind(block) == "bottleneck" else ["bn1", "bn2"]
 
 
-def _insert(block: nn.Module, name: str, make_layer) -> None:
-    """A new DropBlock child ``dropblock_<name>`` applied to the output of ``block.<name>``."""
+class _FollowReplacedModules:
+    """A forward pre-hook of a residual block: moves each ``_ThenDropBlock`` onto a module that replaced its own.
+
+    Converting a model's batch norms (``nn.SyncBatchNorm.convert_sync_batchnorm``, frozen or
+    fused batch norms) builds new modules without the old ones' hooks: the inserted DropBlock
+    layers would silently stop running. Before each forward of the block, a child that is no
+    longer the module the hook was registered on gets the hook (picklable, as the hooks are).
+    """
+
+    def __init__(self, hooked: dict[str, tuple[nn.Module, _ThenDropBlock]]) -> None:
+        self.hooked = hooked
+
+    def __call__(self, block: nn.Module, inputs: tuple) -> None:
+        for name, (module, hook) in self.hooked.items():
+            current = getattr(block, name)
+            if current is not module:
+                if all(other is not hook for other in current._forward_hooks.values()):
+                    current.register_forward_hook(hook)
+                self.hooked[name] = current, hook
+
+
+def _insert(block: nn.Module, name: str, make_layer) -> tuple[nn.Module, _ThenDropBlock]:
+    """A new DropBlock child ``dropblock_<name>`` applied to the output of ``block.<name>``; the module and its hook."""
     layer = make_layer()
     block.add_module(f"dropblock_{name}", layer)
-    getattr(block, name).register_forward_hook(_ThenDropBlock(layer))
+    module, hook = getattr(block, name), _ThenDropBlock(layer)
+    module.register_forward_hook(hook)
+    return module, hook
 
 
 def add_dropblock(
@@ -133,12 +158,10 @@ def add_dropblock(
             return DropBlock2d(rate, place.block_size)
 
         for block in stages[stage]:
-            for name in _after_batch_norms(block, preset):
-                _insert(block, name, make_layer)
-            if not place.on_skip:
-                continue
-            if block.downsample is None:
+            hooked = {name: _insert(block, name, make_layer) for name in _after_batch_norms(block, preset)}
+            if place.on_skip and block.downsample is None:
                 block.downsample = make_layer()  # the identity skip, dropped
-            else:
-                _insert(block, "downsample", make_layer)
+            elif place.on_skip:
+                hooked["downsample"] = _insert(block, "downsample", make_layer)
+            block.register_forward_pre_hook(_FollowReplacedModules(hooked))
     return model

@@ -220,6 +220,10 @@ def effective_block_size(spatial_shape: Sequence[int], block_size: Sequence[int]
 
 def is_boolean(value: object) -> bool:
     """Whether ``value`` is a bool, or a scalar or array of a boolean dtype (numpy, jax, torch)."""
+    if isinstance(value, bool | int | float):
+        # Not asked for a dtype: a float that torch.compile traces as a symbol (a layer's rate
+        # that changed between calls) looks like a float there and cannot answer getattr.
+        return isinstance(value, bool)
     dtype = getattr(value, "dtype", None)
     return isinstance(value, bool) or (dtype is not None and str(dtype) in ("bool", "torch.bool"))
 

@@ -177,3 +177,24 @@ def test_a_bad_drop_prob_set_after_construction_is_named_at_the_next_training_ca
 def test_fixed_bad_arguments_are_named_not_silently_run(args, error, match):
     with pytest.raises(error, match=match):
         compat.DropBlock2D(*args)
+
+
+@pytest.mark.parametrize("scheduler", ["compat", "twin"])
+def test_a_ramped_layer_compiles_with_fullgraph_and_draws_as_eagerly(scheduler):
+    # A rate that changes between compiled calls is traced as a symbolic float (validation asked
+    # it for a dtype, which dynamo refused), and compat.LinearScheduler set numpy float64 rates,
+    # which dynamo traces as tensors (forward branched on one).
+    import dropblock_torch as dt
+
+    ramp = compat.LinearScheduler if scheduler == "compat" else dt.LinearScheduler
+    model = ramp(compat.DropBlock2D(0.0, 3), 0.0, 0.3, 6)
+    compiles = []
+    compiled = torch.compile(model, backend=lambda gm, _: compiles.append(gm) or gm.forward, fullgraph=True)
+    x = torch.randn(4, 8, 12, 12, generator=torch.Generator().manual_seed(0))
+    for step in range(6):
+        torch.manual_seed(step)
+        out = compiled(x)
+        torch.manual_seed(step)
+        assert same_bits(out, model(x)), step
+        model.step()
+    assert (out == 0).any() and len(compiles) <= 2

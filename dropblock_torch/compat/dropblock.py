@@ -138,7 +138,9 @@ class LinearScheduler(nn.Module):
     def step(self) -> None:
         """Set the next ``drop_prob`` of the ramp (the last one once the ramp is over)."""
         if self.i < len(self.drop_values):
-            self.dropblock.drop_prob = self.drop_values[self.i]
+            # A Python float, the same number as 0.3.0's numpy float64: torch.compile traces a
+            # numpy scalar attribute as a tensor, on whose value forward cannot branch.
+            self.dropblock.drop_prob = float(self.drop_values[self.i])
         self.i += 1
 
     def get_extra_state(self) -> dict[str, int]:
@@ -148,7 +150,7 @@ class LinearScheduler(nn.Module):
         self.i = int(state["i"])
         # Resume at the rate the last step() had set.
         if self.i > 0:
-            self.dropblock.drop_prob = self.drop_values[min(self.i, len(self.drop_values)) - 1]
+            self.dropblock.drop_prob = float(self.drop_values[min(self.i, len(self.drop_values)) - 1])
 
     def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any) -> None:
         # Earlier checkpoints of this class kept ``i`` as a tensor; dropblock 0.3.0's have no step

@@ -510,6 +510,28 @@ _FUNCTORCH_LEVEL = getattr(torch._C._functorch, "maybe_current_level", None)
 _DISPATCH_MODE = getattr(getattr(torch.utils, "_python_dispatch", None), "_get_current_dispatch_mode", None)
 
 
+# Private torch API: the autograd graph task running now, -1 outside a backward pass. Under a
+# torch without it, a forward is never taken for a checkpoint's recomputation.
+_GRAPH_TASK_ID = getattr(torch._C, "_current_graph_task_id", None)
+
+
+def _recomputing() -> bool:
+    """Whether this forward runs inside a backward pass: activation checkpointing recomputing it."""
+    return _GRAPH_TASK_ID is not None and _GRAPH_TASK_ID() != -1
+
+
+def _check_generator_replays(generator: torch.Generator | None) -> None:
+    """Refuse a generator's draw that activation checkpointing replays: it would not draw the same mask."""
+    if generator is not None and not bitmask.tracing() and _recomputing():
+        raise RuntimeError(
+            "DropBlock draws from generator=... inside a backward pass: activation checkpointing "
+            "(torch.utils.checkpoint) is running the forward again, and it restores only the global "
+            "random state, so this generator would draw another mask than the forward did (wrong "
+            "gradients). Inside checkpointed functions, draw from the global generator (leave "
+            "generator=None; torch.manual_seed seeds it), or keep DropBlock outside them."
+        )
+
+
 def _transformed() -> bool:
     """Whether a ``torch.func`` transform is active (assumed so under a torch that cannot tell)."""
     return _FUNCTORCH_LEVEL is None or _FUNCTORCH_LEVEL() is not None
@@ -593,6 +615,7 @@ def sample_seeds(
     validation.check_options(seed_region, calibrate=calibrate, share_channels=share_channels, share_batch=share_batch)
     concrete = _concrete_drop_prob(drop_prob)
     device = torch.device(device) if device is not None else generator.device if generator is not None else None
+    _check_generator_replays(generator)
     if concrete == 0.0:
         seed_shape = layout.seed_shape(seed_region, share_channels, share_batch)
         seeds = torch.zeros(seed_shape, dtype=torch.bool, device=device)
@@ -669,6 +692,8 @@ def apply_seeds(
     validation.check_seed_shape(
         seeds.shape, full_grid, 1, x_shape=x.shape, block_size=block_size, seed_region=seed_region
     )
+    if noise:
+        _check_generator_replays(generator)
     if normalize == "expected" and expected_drop is None and not noise:
         raise ValueError("normalize='expected' needs expected_drop=..., e.g. from expected_drop_fraction.")
     packing = bitmask.packing(seeds.shape[1])
@@ -744,6 +769,7 @@ def drop_block(
     concrete, drop_prob = _rate_argument(drop_prob)
     if not training or concrete == 0.0:
         return x
+    _check_generator_replays(generator)
     gamma, expected = _rates(drop_prob, concrete, layout, seed_region, calibrate, x.device)
     sharing = dict(share_channels=share_channels, share_batch=share_batch)
     words, packing, positions = _seed_words(

@@ -27,15 +27,6 @@ _OPTION_NAMES = DropBlockOptions.names()
 
 Schedule = Callable[[torch.Tensor], torch.Tensor | float]
 
-# Private torch API: the autograd graph task running now, -1 outside a backward pass. Under a
-# torch without it, a forward is never taken for a checkpoint's recomputation.
-_GRAPH_TASK_ID = getattr(torch._C, "_current_graph_task_id", None)
-
-
-def _recomputing() -> bool:
-    """Whether this forward runs inside a backward pass: activation checkpointing recomputing it."""
-    return _GRAPH_TASK_ID is not None and _GRAPH_TASK_ID() != -1
-
 
 class _DropBlockNd(nn.Module):
     spatial_dims: int
@@ -133,7 +124,7 @@ class _DropBlockNd(nn.Module):
             functional.check_rank(x, self.spatial_dims)
             return x
         eager = not bitmask.tracing()  # compiled code never reads or writes the Python attribute
-        if eager and self.schedule is not None and self._rate_at_forward is not None and _recomputing():
+        if eager and self.schedule is not None and self._rate_at_forward is not None and functional._recomputing():
             # torch.utils.checkpoint runs forward again in the backward pass, with the random
             # state of the first run: the same rate gives the same mask, and the step stays.
             rate = self._rate_at_forward

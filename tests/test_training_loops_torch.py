@@ -648,3 +648,30 @@ def test_inductor_trains_new_layers_on_new_batch_and_channel_counts_with_sparse_
             kept = out != 0
             torch.testing.assert_close(leaf.grad[kept], (out / leaf)[kept].detach())
             assert (leaf.grad[~kept] == 0).all()
+
+
+@pytest.mark.parametrize("use_reentrant", [False, True])
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda t, g: dt.drop_block(t * 1.0, 0.3, 3, generator=g),
+        lambda t, g: dt.apply_seeds(t * 1.0, dt.sample_seeds(t.shape, 0.3, 3, generator=g), 3),
+        lambda t, g: dt.apply_seeds(t * 1.0, torch.ones(2, 4, 10, 10, dtype=torch.bool), 3, noise=True, generator=g),
+    ],
+    ids=["drop_block", "sample_seeds", "apply_seeds-noise"],
+)
+def test_a_generator_replayed_by_activation_checkpointing_is_refused(call, use_reentrant):
+    # The checkpoint restores the global random state only: a generator's second draw gave another
+    # mask than the forward's, so the gradient disagreed with it (wrong gradients, silently).
+    from torch.utils.checkpoint import checkpoint
+
+    x = torch.randn(2, 4, 12, 12, requires_grad=True)
+    out = checkpoint(call, x, torch.Generator().manual_seed(0), use_reentrant=use_reentrant)
+    with pytest.raises(RuntimeError, match=r"generator=.*activation checkpointing"):
+        out.sum().backward()
+    # The global generator is replayed: the gradient is the one without checkpointing.
+    leaves = [x.detach().clone().requires_grad_() for _ in range(2)]
+    for leaf, run in zip(leaves, (lambda *a: checkpoint(call, *a, use_reentrant=use_reentrant), call), strict=True):
+        torch.manual_seed(1)
+        run(leaf, None).sum().backward()
+    assert torch.equal(leaves[0].grad, leaves[1].grad) and (leaves[1].grad == 0).any()

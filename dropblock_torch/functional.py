@@ -520,8 +520,13 @@ def _recomputing() -> bool:
     return _GRAPH_TASK_ID is not None and _GRAPH_TASK_ID() != -1
 
 
-def _check_generator_replays(generator: torch.Generator | None) -> None:
-    """Refuse a generator's draw that activation checkpointing replays: it would not draw the same mask."""
+def _check_generator(generator: object) -> None:
+    """Refuse what is not a generator, and a generator's draw that activation checkpointing replays.
+
+    The replay would not draw the same mask as the forward did.
+    """
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(f"generator must be a torch.Generator or None, got {generator=!r}.")
     if generator is not None and not bitmask.tracing() and _recomputing():
         raise RuntimeError(
             "DropBlock draws from generator=... inside a backward pass: activation checkpointing "
@@ -609,13 +614,17 @@ def sample_seeds(
       >>> tuple(seeds.shape), seeds.dtype
       ((2, 8, 22, 22), torch.bool)
     """
+    if isinstance(shape, torch.Tensor):
+        raise TypeError(
+            f"shape must be a sequence of ints such as x.shape, got a tensor of shape {tuple(shape.shape)}."
+        )
     shape = tuple(shape)
     batched = _is_batch(shape, spatial_dims, name="shape")
     layout = _layout(shape if batched else (1, *shape), block_size, name="shape")
     validation.check_options(seed_region, calibrate=calibrate, share_channels=share_channels, share_batch=share_batch)
     concrete = _concrete_drop_prob(drop_prob)
+    _check_generator(generator)
     device = torch.device(device) if device is not None else generator.device if generator is not None else None
-    _check_generator_replays(generator)
     if concrete == 0.0:
         seed_shape = layout.seed_shape(seed_region, share_channels, share_batch)
         seeds = torch.zeros(seed_shape, dtype=torch.bool, device=device)
@@ -693,7 +702,7 @@ def apply_seeds(
         seeds.shape, full_grid, 1, x_shape=x.shape, block_size=block_size, seed_region=seed_region
     )
     if noise:
-        _check_generator_replays(generator)
+        _check_generator(generator)
     if normalize == "expected" and expected_drop is None and not noise:
         raise ValueError("normalize='expected' needs expected_drop=..., e.g. from expected_drop_fraction.")
     packing = bitmask.packing(seeds.shape[1])
@@ -769,7 +778,7 @@ def drop_block(
     concrete, drop_prob = _rate_argument(drop_prob)
     if not training or concrete == 0.0:
         return x
-    _check_generator_replays(generator)
+    _check_generator(generator)
     gamma, expected = _rates(drop_prob, concrete, layout, seed_region, calibrate, x.device)
     sharing = dict(share_channels=share_channels, share_batch=share_batch)
     words, packing, positions = _seed_words(

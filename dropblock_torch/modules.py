@@ -116,7 +116,13 @@ class _DropBlockNd(nn.Module):
         tracing = bitmask.tracing()
         if self.schedule is None:
             return self.rate if tracing else self._drop_prob
-        rate = torch.as_tensor(self.schedule(self.step), dtype=torch.float32, device=self.step.device)
+        value = self.schedule(self.step)
+        if isinstance(value, bool) or not isinstance(value, torch.Tensor | numbers.Real):
+            raise TypeError(
+                f"schedule must return drop_prob (a float or a 0-dim tensor), got {value!r} "
+                f"from schedule={self.schedule!r}."
+            )
+        rate = torch.as_tensor(value, dtype=torch.float32, device=self.step.device)
         return float(rate) if not tracing and rate.device.type == "cpu" else rate
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -170,7 +176,9 @@ def set_step(module: nn.Module, step: int | torch.Tensor) -> None:
     )
     if isinstance(step, bool) or not integral or (isinstance(step, torch.Tensor) and step.dtype == torch.bool):
         raise TypeError(f"step must be an int or a 0-dim integer tensor, got {step=!r}.")
-    if isinstance(step, numbers.Integral) and step < 0:
+    # A CPU tensor reads back for free; another device's is not synchronised for the check.
+    readable = isinstance(step, numbers.Integral) or (step.device.type == "cpu" and not bitmask.tracing())
+    if readable and int(step) < 0:
         raise ValueError(f"step must be at least 0, got {step=!r}.")
     for layer in module.modules():
         if isinstance(layer, _DropBlockNd) and layer.schedule is not None:

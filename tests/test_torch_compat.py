@@ -179,6 +179,12 @@ def test_fixed_bad_arguments_are_named_not_silently_run(args, error, match):
         compat.DropBlock2D(*args)
 
 
+def test_a_numpy_integer_block_size_is_taken_as_the_package_takes_it():
+    old, new = dropblock.DropBlock2D(0.2, np.int64(3)), compat.DropBlock2D(0.2, np.int64(3))
+    assert type(new.block_size) is int
+    assert same_bits(*both_outputs(old, new, torch.randn(2, 3, 10, 10), seed=0))
+
+
 @pytest.mark.parametrize("scheduler", ["compat", "twin"])
 def test_a_ramped_layer_compiles_with_fullgraph_and_draws_as_eagerly(scheduler):
     # A rate that changes between compiled calls is traced as a symbolic float (validation asked

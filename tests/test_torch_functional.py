@@ -491,6 +491,9 @@ X = torch.ones(2, 3, 8, 8)
         ),
         (lambda: dt.apply_seeds(X, torch.ones(2, 3, 6, 6), 3, normalize="expected"), ValueError, r"expected_drop"),
         (lambda: dt.sample_seeds((2, 8), 0.1, 3), ValueError, r"shape\.ndim=2"),
+        (lambda: dt.sample_seeds(X, 0.1, 3), TypeError, r"shape must be a sequence of ints.*\(2, 3, 8, 8\)"),
+        (lambda: dt.drop_block(X, 0.1, 3, generator=5), TypeError, r"generator=5"),
+        (lambda: dt.sample_seeds(X.shape, 0.1, 3, generator="0"), TypeError, r"generator='0'"),
     ],
 )
 def test_bad_arguments_raise_with_the_argument_named(call, error, match):

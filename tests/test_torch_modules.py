@@ -113,6 +113,13 @@ def test_bad_construction_fails_eagerly():
         dt.LinearScheduler(dt.DropBlock2d(0.0, 3), 0.0, 0.1, 0)
 
 
+@pytest.mark.parametrize("returned", ["0.1", None, True])
+def test_a_schedule_that_returns_no_rate_is_named(returned):
+    layer = dt.DropBlock2d(lambda step: returned, 3)
+    with pytest.raises(TypeError, match=r"schedule must return drop_prob.*got " + repr(returned).replace(".", r"\.")):
+        layer(torch.ones(2, 3, 8, 8))
+
+
 @pytest.mark.parametrize("training", [True, False])
 def test_the_wrong_rank_names_x_spatial_dims_and_the_shape(training):
     layer = dt.DropBlock2d(0.1, 3).train(training)

@@ -257,6 +257,9 @@ def test_set_step_takes_a_tensor_and_leaves_constant_layers_alone():
         dt.set_step(model, torch.tensor(7.9))
     with pytest.raises(ValueError, match=r"step=-5"):
         dt.set_step(model, -5)
+    with pytest.raises(ValueError, match=r"step=tensor\(-5\)"):  # a CPU tensor is read back, as an int
+        dt.set_step(model, torch.tensor(-5))
+    assert int(model[1].step) == 6
 
 
 def test_auto_step_false_never_advances_by_itself():

@@ -21,6 +21,7 @@ zeros there instead).
 
 from __future__ import annotations
 
+import numbers
 from typing import Any
 
 import numpy as np
@@ -54,10 +55,10 @@ class DropBlock2D(nn.Module):
         # 0.3.0 accepts anything here and then drops nothing (NaN, negative) or too much (1.5).
         validation.drop_prob_value(drop_prob)
         validation.block_size_tuple(block_size, 1)
-        if not isinstance(block_size, int):
+        if not isinstance(block_size, numbers.Integral):
             raise TypeError(f"block_size must be an int (the side of the square block), got {block_size=!r}.")
         self.drop_prob = drop_prob
-        self.block_size = block_size
+        self.block_size = int(block_size)  # a numpy integer too, as 0.3.0 takes it
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() != self.spatial_dims + 2:

@@ -222,11 +222,17 @@ class _ZeroBits(torch.autograd.Function):
     @staticmethod
     def setup_context(ctx, inputs, output) -> None:
         ctx.save_for_backward(inputs[1])
+        ctx.save_for_forward(inputs[1])
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
         (dropped,) = ctx.saved_tensors
         return _kept_bits(grad, dropped, inplace=False), None
+
+    @staticmethod
+    def jvp(ctx, x_tangent: torch.Tensor, *_) -> torch.Tensor:
+        (dropped,) = ctx.saved_tensors
+        return _kept_bits(x_tangent, dropped, inplace=False)
 
 
 def _needs_grad(x: torch.Tensor) -> bool:
@@ -306,6 +312,7 @@ class _ZeroedScaled(torch.autograd.Function):
     def setup_context(ctx, inputs, output) -> None:
         x, words, ctx.packing, scale = inputs
         ctx.save_for_backward(words, scale)
+        ctx.save_for_forward(words, scale)
         ctx.memory_format = _channels_last_format(x)
 
     @staticmethod
@@ -313,6 +320,11 @@ class _ZeroedScaled(torch.autograd.Function):
         words, scale = ctx.saved_tensors
         dropped = bitmask.unpack_by_lane_masks(words, ctx.packing, grad.shape)
         return _zeroed_scaled(grad, dropped, scale, ctx.memory_format), None, None, None
+
+    @staticmethod
+    def jvp(ctx, x_tangent: torch.Tensor, *_) -> torch.Tensor:
+        words, scale = ctx.saved_tensors
+        return _zeroed_scaled(x_tangent, bitmask.unpack(words, ctx.packing), scale, ctx.memory_format)
 
 
 def _zeroed_scaled(x, dropped, scale: torch.Tensor | None, memory_format: torch.memory_format | None):
@@ -432,12 +444,18 @@ class _BlocksZeroedScaled(torch.autograd.Function):
     def setup_context(ctx, inputs, output) -> None:
         _, scale, blocks, _ = inputs
         ctx.save_for_backward(scale)
+        ctx.save_for_forward(scale)
         ctx.blocks, ctx.strides = blocks, output.stride()
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
         (scale,) = ctx.saved_tensors
         return _BlocksZeroedScaled.apply(grad, scale, ctx.blocks, ctx.strides), None, None, None
+
+    @staticmethod
+    def jvp(ctx, x_tangent: torch.Tensor, *_) -> torch.Tensor:
+        (scale,) = ctx.saved_tensors
+        return _scaled_blocks_zeroed(x_tangent, scale, ctx.blocks, ctx.strides)
 
 
 def _normalized_blocks(x, scale, blocks: _Blocks, inplace: bool) -> torch.Tensor:

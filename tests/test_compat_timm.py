@@ -516,3 +516,19 @@ def test_a_timm_resnet_gives_the_same_outputs_with_the_drop_in():
     model.eval()
     swapped.eval()
     assert torch.equal(swapped(x), model(x))
+
+
+# torch.func.jvp imports a module of torch that uses torch.jit.script.
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated")
+@pytest.mark.parametrize("couple_channels", [True, False])
+def test_forward_mode_tangents_are_the_gradients_map(couple_channels):
+    # The per-unit product's autograd function had no jvp: torch.func.jvp raised.
+    x, direction = randn((2, 4, 10, 10)), randn((2, 4, 10, 10), seed=1)
+    run = lambda t: compat.drop_block_2d(t, 0.3, 3, couple_channels=couple_channels)  # noqa: E731
+    torch.manual_seed(0)
+    out, tangent = torch.func.jvp(run, (x,), (direction,))
+    leaf = x.clone().requires_grad_()
+    torch.manual_seed(0)
+    run(leaf).backward(direction)
+    # The map is diagonal: its tangent along a direction is its gradient of that cotangent.
+    assert same_bits(tangent, leaf.grad) and (tangent == 0).any() and (out == 0).any()

@@ -372,3 +372,19 @@ def test_a_star_import_of_compat_shadows_neither_peer():
     namespace = {}
     exec("from dropblock_torch.compat import *", namespace)
     assert {"timm", "torchvision"}.isdisjoint(namespace) and "DropBlock2D" in namespace
+
+
+# torch.func.jvp imports a module of torch that uses torch.jit.script.
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated")
+def test_forward_mode_tangents_are_the_gradients_map():
+    # The per-unit product's autograd function had no jvp: torch.func.jvp raised.
+    generator = torch.Generator().manual_seed(0)
+    x, direction = torch.randn((2, 4, 10, 10), generator=generator), torch.randn((2, 4, 10, 10), generator=generator)
+    run = lambda t: compat.drop_block2d(t, 0.3, 3)  # noqa: E731
+    torch.manual_seed(0)
+    _, tangent = torch.func.jvp(run, (x,), (direction,))
+    leaf = x.clone().requires_grad_()
+    torch.manual_seed(0)
+    run(leaf).backward(direction)
+    # The map is diagonal: its tangent along a direction is its gradient of that cotangent.
+    assert same_bits(tangent, leaf.grad) and (tangent == 0).any()

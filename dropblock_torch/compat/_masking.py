@@ -143,11 +143,22 @@ class _PerUnitProduct(torch.autograd.Function):
     def setup_context(ctx, inputs, output) -> None:
         _, dropped, scale, compute = inputs
         # A tensor scale (on a GPU, or traced) is saved as a tensor; a float is kept as it is.
-        ctx.save_for_backward(dropped, scale if isinstance(scale, torch.Tensor) else None)
+        saved = dropped, scale if isinstance(scale, torch.Tensor) else None
+        ctx.save_for_backward(*saved)
+        ctx.save_for_forward(*saved)
         ctx.number, ctx.compute = (None if isinstance(scale, torch.Tensor) else scale), compute
 
     @staticmethod
     def backward(ctx, grad):
+        return _PerUnitProduct._same_product(ctx, grad), None, None, None
+
+    @staticmethod
+    def jvp(ctx, x_tangent, *_):
+        return _PerUnitProduct._same_product(ctx, x_tangent)
+
+    @staticmethod
+    def _same_product(ctx, tensor):
+        """The forward's map applied to a gradient or a tangent: the map is linear and its own adjoint."""
         dropped, scale = ctx.saved_tensors
         scale = ctx.number if scale is None else scale
-        return _per_unit_product(grad, dropped, scale, ctx.compute, into_x=False).to(grad.dtype), None, None, None
+        return _per_unit_product(tensor, dropped, scale, ctx.compute, into_x=False).to(tensor.dtype)

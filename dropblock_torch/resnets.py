@@ -18,6 +18,7 @@ output: zeroing and a positive rescale commute with the ReLU.
 
 from __future__ import annotations
 
+import torch
 from torch import nn
 
 from dropblock_common import presets, validation
@@ -86,6 +87,12 @@ class _FollowReplacedModules:
         self.hooked = hooked
 
     def __call__(self, block: nn.Module, inputs: tuple) -> None:
+        if any(isinstance(value, torch.fx.Proxy) for value in inputs):
+            raise RuntimeError(
+                "torch.fx records a batch norm as one call without its forward hooks, so the DropBlock "
+                "layers add_dropblock applied there would be missing from the traced graph. Trace the "
+                "model without them, or place DropBlock2d layers as modules of your own."
+            )
         for name, (module, hook) in self.hooked.items():
             current = getattr(block, name)
             if current is not module:

@@ -181,3 +181,12 @@ def test_a_timm_resnet_built_with_drop_block_rate_is_refused_not_doubled():
     timm = pytest.importorskip("timm")
     with pytest.raises(ValueError, match="already has DropBlock"):
         dt.add_dropblock(timm.create_model("resnet18", drop_block_rate=0.1, pretrained=False))
+
+
+@pytest.mark.parametrize("preset", ["paper", "timm"])
+def test_torch_fx_tracing_is_refused_rather_than_leaving_the_layers_out(preset):
+    # torch.fx records a batch norm without its forward hooks: with the timm placement (hooks
+    # only) a traced model silently had no DropBlock at all.
+    model = dt.add_dropblock(torchvision_resnet(18), preset=preset)
+    with pytest.raises(RuntimeError, match=r"torch\.fx records a batch norm.*without its forward hooks"):
+        torch.fx.symbolic_trace(model)

@@ -173,3 +173,21 @@ def test_options_are_plain_attributes_as_on_nn_dropout():
         False,
     )
     assert "options" not in repr(layer) and "noise=True" in repr(layer)
+
+
+@pytest.mark.parametrize("schedule", [False, True])
+def test_torch_fx_records_the_layer_as_one_call_that_follows_its_mode(schedule):
+    # Traced through before, the layer failed on the tracer's proxy (x must be a torch.Tensor).
+    rate = dt.schedules.ramp(0.3, 1) if schedule else 0.3
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), dt.DropBlock2d(rate, 3), nn.Flatten())
+    traced = torch.fx.symbolic_trace(model)
+    assert [node.target for node in traced.graph.nodes if node.op == "call_module"] == ["0", "1", "2"]
+    x = torch.randn(2, 3, 12, 12)
+    for mode in (True, False):
+        model.train(mode)
+        model[1].step.fill_(1) if schedule else None
+        torch.manual_seed(0)
+        expected = model(x)
+        traced.train(mode)
+        torch.manual_seed(0)
+        assert torch.equal(traced(x), expected) and (expected == 0).any() == mode

@@ -714,6 +714,8 @@ def apply_seeds(
     validation.check_options(seed_region, normalize, noise=noise, inplace=inplace)
     if expected_drop is not None and not isinstance(expected_drop, torch.Tensor):
         validation.expected_drop_value(expected_drop)
+    elif expected_drop is not None and expected_drop.numel() == 1 and _plain_eager_cpu(expected_drop):
+        validation.expected_drop_value(float(expected_drop))  # a CPU tensor reads back for free
     seeds = torch.as_tensor(seeds, device=x.device)
     full_grid = layout.seed_shape(seed_region, share_channels=False, share_batch=False)
     validation.check_seed_shape(

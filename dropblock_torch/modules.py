@@ -92,8 +92,14 @@ class _DropBlockNd(nn.Module):
     def _apply(self, fn, *args, **kwargs):
         # .to(dtype), .half(), .to_empty() (deferred init on the meta device): the rate stays the
         # float32 of the value given instead of being rounded or left uninitialised.
+        from_meta = self.schedule is not None and self.step.is_meta
         module = super()._apply(fn, *args, **kwargs)
         self._refill_rate()
+        if from_meta and not self.step.is_meta:
+            # Only to_empty() takes a tensor off the meta device, leaving its memory as it found
+            # it: the schedule starts at step 0 (a load_state_dict then restores a saved one).
+            with torch.inference_mode(False):
+                self.step.zero_()
         return module
 
     def reset_parameters(self) -> None:

@@ -117,6 +117,7 @@ def add_dropblock(
     drop_prob: float = 0.1,
     total_steps: int | None = None,
     block_size: int | None = None,
+    auto_step: bool = True,
 ) -> nn.Module:
     """Insert DropBlock into a torchvision or timm ResNet in place, as ``preset`` places it.
 
@@ -131,6 +132,8 @@ def add_dropblock(
         (``schedules.ramp``); each layer's step then advances once per training call (see
         ``set_step`` for the optimizer's step instead).
       block_size: replaces the preset's block sizes (small inputs need small blocks).
+      auto_step: with ``total_steps``, False keeps each layer's step where ``set_step`` puts it
+        (gradient accumulation: one step per optimizer step, not per forward call).
 
     Returns:
       ``model`` itself, with the new layers as children of its residual blocks.
@@ -150,6 +153,7 @@ def add_dropblock(
       TypeError: add_dropblock knows torchvision and timm ResNets ...
     """
     placement = presets.resnet_placement(preset, block_size)
+    validation.check_flag(auto_step, "auto_step")
     drop_prob = validation.drop_prob_value(drop_prob)
     stages = _stages(model)
     if any(isinstance(module, _DropBlockNd) or _foreign_dropblock(module) for module in model.modules()):
@@ -162,7 +166,7 @@ def add_dropblock(
     for stage, place in placement.items():
 
         def make_layer(rate=rates[stage], place=place):
-            return DropBlock2d(rate, place.block_size)
+            return DropBlock2d(rate, place.block_size, auto_step=auto_step)
 
         for block in stages[stage]:
             hooked = {name: _insert(block, name, make_layer) for name in _after_batch_norms(block, preset)}

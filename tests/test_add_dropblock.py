@@ -190,3 +190,16 @@ def test_torch_fx_tracing_is_refused_rather_than_leaving_the_layers_out(preset):
     model = dt.add_dropblock(torchvision_resnet(18), preset=preset)
     with pytest.raises(RuntimeError, match=r"torch\.fx records a batch norm.*without its forward hooks"):
         torch.fx.symbolic_trace(model)
+
+
+def test_auto_step_false_leaves_the_steps_to_set_step():
+    # Gradient accumulation: the ramp follows the optimizer's step, not the forward calls.
+    model = dt.add_dropblock(torchvision_resnet(18), total_steps=10, block_size=3, auto_step=False).train()
+    for _ in range(3):
+        model(x_batch(2, 32))
+    layers = dropblock_layers(model).values()
+    assert {int(layer.step) for layer in layers} == {0}
+    dt.set_step(model, 4)
+    assert {int(layer.step) for layer in layers} == {4}
+    with pytest.raises(TypeError, match=r"auto_step=0"):
+        dt.add_dropblock(torchvision_resnet(18), auto_step=0)

@@ -467,6 +467,10 @@ def test_generators_make_masks_repeatable():
 X = torch.ones(2, 3, 8, 8)
 
 
+def apply_expected(expected_drop):
+    return dt.apply_seeds(X, torch.ones(2, 3, 6, 6), 3, normalize="expected", expected_drop=expected_drop)
+
+
 @pytest.mark.parametrize(
     "call, error, match",
     [
@@ -492,6 +496,8 @@ X = torch.ones(2, 3, 8, 8)
         (lambda: dt.sample_seeds((2, 8), 0.1, 3), ValueError, r"shape\.ndim=2"),
         (lambda: dt.sample_seeds(X, 0.1, 3), TypeError, r"shape must be a sequence of ints.*\(2, 3, 8, 8\)"),
         (lambda: dt.drop_block(X, 0.1, 3, generator=5), TypeError, r"generator=5"),
+        (lambda: apply_expected(torch.tensor(1.0)), ValueError, r"expected_drop=1\.0"),
+        (lambda: apply_expected(torch.tensor(-0.5)), ValueError, r"expected_drop=-0\.5"),
         (lambda: dt.sample_seeds(X.shape, 0.1, 3, generator="0"), TypeError, r"generator='0'"),
     ],
 )

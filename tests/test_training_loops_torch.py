@@ -170,6 +170,17 @@ def test_deferred_init_on_the_meta_device_then_a_strict_load():
     assert 0.03 < float((model[1](after_conv) == 0).float().mean()) < 0.2
 
 
+def test_to_empty_starts_a_schedule_at_step_0(monkeypatch):
+    # to_empty() leaves memory as it finds it: the step read whatever was there (a step of
+    # 94270688236704 reads as the end of the ramp). Here that memory is made to hold 77.
+    empty_like = torch.empty_like
+    monkeypatch.setattr(torch, "empty_like", lambda tensor, **options: empty_like(tensor, **options).fill_(77))
+    with torch.device("meta"):
+        layer = dt.DropBlock2d(schedules.ramp(0.2, 100), 3)
+    layer.to_empty(device="cpu")
+    assert int(layer.step) == 0 and layer.drop_prob == 0.0
+
+
 def test_reset_parameters_starts_a_materialised_schedule_over():
     with torch.device("meta"):
         layer = dt.DropBlock2d(schedules.ramp(0.2, 10), 3)

@@ -321,6 +321,14 @@ class _ZeroedScaled(torch.autograd.Function):
         dropped = bitmask.unpack_by_lane_masks(words, ctx.packing, grad.shape)
         return _zeroed_scaled(grad, dropped, scale, ctx.memory_format), None, None, None
 
+
+class _ZeroedScaledWithTangent(_ZeroedScaled):
+    """``_ZeroedScaled`` for eager code, with forward-mode AD: the tangent goes through the same map.
+
+    Kept apart because dynamo (torch 2.13, 2.14) handles a function with a ``jvp`` differently
+    and warns of a non-leaf ``x``'s ``.grad`` while tracing it; compiled code has no forward mode.
+    """
+
     @staticmethod
     def jvp(ctx, x_tangent: torch.Tensor, *_) -> torch.Tensor:
         words, scale = ctx.saved_tensors
@@ -347,7 +355,7 @@ def _normalized(x: torch.Tensor, dropped: torch.Tensor, scale: torch.Tensor | No
     if not inplace:
         if not _differentiated(x):  # the same function, without autograd's bookkeeping
             return _zeroed_scaled(x, dropped, scale, _channels_last_format(x))
-        return _ZeroedScaled.apply(x, dropped, bitmask.UNPACKED, scale)
+        return _ZeroedScaledWithTangent.apply(x, dropped, bitmask.UNPACKED, scale)
     compute = x.dtype if scale is None else scale.dtype
     out = _zeroed(x, dropped, compute, inplace)
     if scale is not None:

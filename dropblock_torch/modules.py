@@ -132,9 +132,10 @@ class _DropBlockNd(nn.Module):
         return float(rate) if not tracing and rate.device.type == "cpu" else rate
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if isinstance(x, torch.fx.Proxy):
+        if not bitmask.tracing() and isinstance(x, torch.fx.Proxy):
             # torch.fx symbolic tracing: one call of this layer, as for torch's own dropout
             # layers, which then trains or not as the layer's mode says when the graph runs.
+            # (Not asked under dynamo, which would inspect x's attributes, .grad among them.)
             return x.tracer.create_proxy("call_module", x.tracer.path_of_module(self), (x,), {})
         if not self.training:
             functional.check_rank(x, self.spatial_dims)

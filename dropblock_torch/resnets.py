@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from dropblock_common import presets, validation
-from dropblock_torch import schedules
+from dropblock_torch import bitmask, schedules
 from dropblock_torch.modules import DropBlock2d, _DropBlockNd
 
 _STAGES = {1: "layer1", 2: "layer2", 3: "layer3", 4: "layer4"}
@@ -87,7 +87,7 @@ class _FollowReplacedModules:
         self.hooked = hooked
 
     def __call__(self, block: nn.Module, inputs: tuple) -> None:
-        if any(isinstance(value, torch.fx.Proxy) for value in inputs):
+        if not bitmask.tracing() and any(isinstance(value, torch.fx.Proxy) for value in inputs):
             raise RuntimeError(
                 "torch.fx records a batch norm as one call without its forward hooks, so the DropBlock "
                 "layers add_dropblock applied there would be missing from the traced graph. Trace the "

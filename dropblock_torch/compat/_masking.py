@@ -15,6 +15,7 @@ import numbers
 import torch
 
 from dropblock_common import validation
+from dropblock_torch import bitmask
 
 
 def check_input(x: object, name: str, ranks: dict[int, str]) -> None:
@@ -100,7 +101,8 @@ def apply_mask(
     compute = x.dtype if scale is None else torch.promote_types(x.dtype, torch.float32)
     if dropped.shape == x.shape:
         if torch.is_grad_enabled() and x.requires_grad:
-            out = _PerUnitProduct.apply(x, dropped, scale, compute)
+            function = _PerUnitProduct if bitmask.tracing() else _PerUnitProductWithTangent
+            out = function.apply(x, dropped, scale, compute)
             return x.copy_(out) if inplace else out
         out = _per_unit_product(x, dropped, scale, compute, inplace and compute == x.dtype)
     else:
@@ -153,12 +155,20 @@ class _PerUnitProduct(torch.autograd.Function):
         return _PerUnitProduct._same_product(ctx, grad), None, None, None
 
     @staticmethod
-    def jvp(ctx, x_tangent, *_):
-        return _PerUnitProduct._same_product(ctx, x_tangent)
-
-    @staticmethod
     def _same_product(ctx, tensor):
         """The forward's map applied to a gradient or a tangent: the map is linear and its own adjoint."""
         dropped, scale = ctx.saved_tensors
         scale = ctx.number if scale is None else scale
         return _per_unit_product(tensor, dropped, scale, ctx.compute, into_x=False).to(tensor.dtype)
+
+
+class _PerUnitProductWithTangent(_PerUnitProduct):
+    """``_PerUnitProduct`` for eager code, with forward-mode AD.
+
+    Kept apart as ``functional._ZeroedScaledWithTangent`` is: dynamo traces a function with a
+    ``jvp`` differently, and compiled code has no forward mode.
+    """
+
+    @staticmethod
+    def jvp(ctx, x_tangent, *_):
+        return _PerUnitProduct._same_product(ctx, x_tangent)

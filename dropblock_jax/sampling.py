@@ -68,8 +68,12 @@ def _sparse(key: jax.Array, gamma: jax.Array, size: int, budget: int, packing: P
         words = words.at[inside // packing.bits].add(bit_values(inside % packing.bits, packing))
         return words, positions[-1], round_key
 
-    start = (jnp.zeros(size // packing.bits + 1, packing.dtype), jnp.int32(-1), key)
-    words, _, _ = lax.while_loop(lambda state: state[1] < size, another_round, start)
+    # A do-while: the first round always runs, so it runs before the loop. Its outputs depend
+    # on the key and the rate, so they vary across devices exactly as those do (inside
+    # ``jax.shard_map`` with a key per device), and the loop's carry then has the same type
+    # going in and coming out; zeros and -1 as the carry would vary over no device axis.
+    first_round = another_round((jnp.zeros(size // packing.bits + 1, packing.dtype), jnp.int32(-1), key))
+    words, _, _ = lax.while_loop(lambda state: state[1] < size, another_round, first_round)
     return words[:-1]
 
 

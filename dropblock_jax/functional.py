@@ -106,6 +106,30 @@ def _check_real_scalar(value: object, name: str) -> None:
         raise ValueError(f"{name} must be a scalar, got an array of shape {np.shape(value)}: {name}={value!r}.")
 
 
+def check_concrete(value: object, name: str, instead: str) -> None:
+    """Refuse a traced ``value`` where only one known before tracing will do.
+
+    Args:
+      value: the argument.
+      name: its name, for the message.
+      instead: what to do with a traced value, for the message.
+
+    Raises:
+      TypeError: for a traced ``value``, naming it and saying what to do instead.
+
+    Examples:
+      >>> check_concrete(0.1, "drop_prob", "")
+      >>> jax.jit(lambda p: check_concrete(p, "drop_prob", "Pass it at call time."))(0.1)  # doctest: +ELLIPSIS
+      Traceback (most recent call last):
+      TypeError: drop_prob must be concrete (a number known before tracing), got ...
+    """
+    if isinstance(value, jax.core.Tracer):
+        raise TypeError(
+            f"{name} must be concrete (a number known before tracing), got the traced {name}={value!r}, "
+            f"e.g. an argument of a jitted function. {instead}"
+        )
+
+
 def concrete_drop_prob(drop_prob: jax.typing.ArrayLike) -> float | None:
     """``drop_prob`` as a validated float if it is concrete, None if it is traced.
 
@@ -152,6 +176,71 @@ def scheduled_rate(schedule: Callable, step: jax.typing.ArrayLike) -> jax.Array:
 @functools.partial(jax.jit, static_argnames="schedule")
 def _compiled_schedule(schedule: Callable, step: jax.typing.ArrayLike) -> jax.Array:
     return schedule(step)
+
+
+_TRACED_RATE_INSTEAD = (
+    "The rate is worked out in Python (float64) before tracing; under jit, pass the traced drop_prob "
+    "to dropblock or sample_seeds (or a layer's call), which work the rate out inside the program."
+)
+
+
+def seed_rate(
+    spatial_shape: Sequence[int],
+    drop_prob: float,
+    block_size: BlockSize,
+    *,
+    seed_region: str = "valid",
+    calibrate: bool = False,
+) -> float:
+    """The Bernoulli rate gamma of DropBlock's seeds: ``dropblock_common.rates.seed_rate``.
+
+    Args:
+      spatial_shape: the feature map's spatial shape, e.g. ``(H, W)``.
+      drop_prob: the target fraction of dropped units, in [0, 1]; concrete (known before tracing).
+      block_size: an int or one int per spatial dimension; clipped to the map's size.
+      seed_region: ``"valid"`` or ``"full"``.
+      calibrate: if True, gamma makes the expected dropped fraction exactly ``drop_prob``.
+
+    Returns:
+      gamma in [0, 1], a Python float.
+
+    Raises:
+      TypeError: for a traced ``drop_prob`` (``dropblock`` takes one instead), or one that is not a
+        real number, naming it.
+      ValueError: for a bad argument, naming it.
+
+    Examples:
+      >>> round(seed_rate((28, 28), 0.1, 7), 6)
+      0.003306
+    """
+    check_concrete(drop_prob, "drop_prob", _TRACED_RATE_INSTEAD)
+    return rates.seed_rate(spatial_shape, drop_prob, block_size, seed_region=seed_region, calibrate=calibrate)
+
+
+def expected_drop_fraction(
+    spatial_shape: Sequence[int], block_size: BlockSize, gamma: float, *, seed_region: str = "valid"
+) -> float:
+    """The expected fraction of units DropBlock drops at seed rate ``gamma``: ``dropblock_common.rates``'.
+
+    Args:
+      spatial_shape: the feature map's spatial shape.
+      block_size: an int or one int per spatial dimension; clipped to the map's size.
+      gamma: the seed rate, in [0, 1]; concrete (known before tracing).
+      seed_region: ``"valid"`` or ``"full"``.
+
+    Returns:
+      The expected dropped fraction, in [0, 1], a Python float.
+
+    Raises:
+      TypeError: for a traced ``gamma``, or one that is not a real number, naming it.
+      ValueError: for a bad argument, naming it.
+
+    Examples:
+      >>> round(expected_drop_fraction((28, 28), 7, seed_rate((28, 28), 0.1, 7)), 4)
+      0.0939
+    """
+    check_concrete(gamma, "gamma", _TRACED_RATE_INSTEAD)
+    return rates.expected_drop_fraction(spatial_shape, block_size, gamma, seed_region=seed_region)
 
 
 def _jnp_asarray(values: np.ndarray, like: jax.Array) -> jax.Array:
@@ -570,6 +659,9 @@ def _checked_dropblock(
     concrete = concrete_drop_prob(drop_prob)
     if concrete == 0.0 or x.size == 0:
         return x
+    if concrete is not None and not hasattr(drop_prob, "dtype"):
+        # A real number that is no JAX type (a Fraction, a Decimal) enters the program as its float.
+        drop_prob = concrete
     rate = None
     if concrete is not None and not rate_in_graph:
         rate = _concrete_rates(concrete, layout, checked.seed_region, checked.calibrate)

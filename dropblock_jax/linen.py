@@ -44,18 +44,33 @@ from dropblock_jax import functional, schedules
 COLLECTION = "dropblock"
 
 
+def _layer(name: str | None) -> str:
+    """How messages name the layer: a top-level module has no name."""
+    return "DropBlock" if name is None else f"DropBlock {name!r}"
+
+
 def _frozen_step_message(name: str | None) -> str:
     return (
-        f"DropBlock {name!r} advances its schedule's step in the {COLLECTION!r} collection, which this apply "
+        f"{_layer(name)} advances its schedule's step in the {COLLECTION!r} collection, which this apply "
         f"cannot change: pass mutable=[{COLLECTION!r}] to apply (and keep the updated variables), or pass "
         "step=... (e.g. the optimizer's step), or build the layer with auto_step=False and use set_step."
     )
 
 
-def _no_step_message(name: str | None) -> str:
-    layer = "DropBlock" if name is None else f"DropBlock {name!r}"
+def _missing_step_message(name: str | None) -> str:
     return (
-        f"{layer} was built with a schedule but has no step: either pass step=... to its call "
+        f"{_layer(name)} was built with a schedule, but the variables given to apply have no "
+        f"{COLLECTION!r} collection, where its step lives: a step created by this call would start at 0 "
+        "every time, keeping the rate at the schedule's start. Pass the whole variables that init returned, "
+        f"e.g. apply({{'params': params, {COLLECTION!r}: variables[{COLLECTION!r}]}}, x, rngs=..., "
+        f"mutable=[{COLLECTION!r}]), and keep the {COLLECTION!r} updates it returns for the next call; "
+        "or pass step=... (e.g. the optimizer's step) to the call."
+    )
+
+
+def _no_step_message(name: str | None) -> str:
+    return (
+        f"{_layer(name)} was built with a schedule but has no step: either pass step=... to its call "
         "(e.g. the optimizer's step count), or keep the 'dropblock' collection that init creates in the "
         "variables given to apply, with mutable=['dropblock'] so that the step advances: "
         "variables = model.init(key, x); y, updates = model.apply(variables, x, rngs={'dropout': key}, "
@@ -67,7 +82,8 @@ class DropBlock(nn.Module):
     """DropBlock layer: drops random blocks in training, the identity when deterministic.
 
     Attributes:
-      drop_prob: the fraction of units to drop, in [0, 1], or a schedule ``step -> drop_prob``.
+      drop_prob: the fraction of units to drop, in [0, 1], or a schedule ``step -> drop_prob``;
+        concrete (known before tracing): a traced rate goes to the call's ``drop_prob``.
       block_size: an int or one int per spatial dimension.
       channel_axis, seed_region, calibrate, share_channels, share_batch, normalize, noise,
         spatial_dims: as in ``dropblock_jax.dropblock``. With ``spatial_dims``, an input of
@@ -112,6 +128,12 @@ class DropBlock(nn.Module):
         )
         if self.deterministic is not None:
             validation.check_flag(self.deterministic, "deterministic")
+        functional.check_concrete(
+            self.drop_prob,
+            "drop_prob",
+            "A traced rate goes to the call instead: DropBlock(0.0, block_size)(x, drop_prob=rate), or build the "
+            "layer with a schedule and pass step=... to the call.",
+        )
         validation.rate_or_schedule(self.drop_prob)
         super().__post_init__()
 
@@ -131,22 +153,26 @@ class DropBlock(nn.Module):
             ``(*spatial, C)`` given ``spatial_dims``.
           deterministic: merged with the field of the same name (one of them must be set).
           rng: a key to use instead of ``self.make_rng(self.rng_collection)``.
-          step: the step a schedule reads, instead of the ``"dropblock"`` variable.
+          step: the step a schedule reads, instead of the ``"dropblock"`` variable: one
+            integer (an int32 scalar, maybe traced); it leaves the variable alone.
           drop_prob: a rate for this call instead of the field (may be traced).
 
         Returns:
           An array of ``x``'s shape and dtype.
 
         Raises:
-          ValueError: when ``drop_prob`` is a schedule and there is no step to read, saying
-            what to pass; TypeError for a ``deterministic`` that is not a bool.
+          ValueError: when ``drop_prob`` is a schedule and there is no step to read, or the
+            ``"dropblock"`` collection is mutable but was not given to ``apply`` (outside
+            ``init``: a step created there would restart at 0 on every call), saying what to
+            pass; TypeError for a ``deterministic`` or a ``step`` of the wrong type.
         """
         step_variable = None
-        if callable(self.drop_prob) and (
-            self.has_variable(COLLECTION, "step") or self.is_mutable_collection(COLLECTION)
-        ):
+        step_given_to_apply = self.has_variable(COLLECTION, "step")
+        if callable(self.drop_prob) and (step_given_to_apply or self.is_mutable_collection(COLLECTION)):
             # Created even when the first call is deterministic, as BatchNorm's statistics are.
             step_variable = self.variable(COLLECTION, "step", lambda: jnp.zeros((), jnp.int32))
+        if step is not None:
+            step = schedules.step_value(step)  # raises for anything but one integer, naming step
         deterministic = nn.merge_param("deterministic", self.deterministic, deterministic)
         if validation.check_flag(deterministic, "deterministic"):
             return x
@@ -154,6 +180,10 @@ class DropBlock(nn.Module):
         if rate is None and callable(self.drop_prob):
             if step is None and step_variable is None:
                 raise ValueError(_no_step_message(self.name))
+            if step is None and not step_given_to_apply and not self.is_initializing():
+                # A step created by this apply starts at 0 and is lost with it unless the caller
+                # keeps the updates: the rate would stay schedule(0), silently dropping nothing.
+                raise ValueError(_missing_step_message(self.name))
             rate = functional.scheduled_rate(self.drop_prob, step_variable.value if step is None else step)
             if step is None and self.auto_step and not self.is_initializing():
                 if not self.is_mutable_collection(COLLECTION):
@@ -187,8 +217,10 @@ class DropBlock(nn.Module):
 def set_step(variables: Mapping[str, Any], step: jax.typing.ArrayLike) -> Mapping[str, Any]:
     """``variables`` with the step of every scheduled DropBlock set to ``step``.
 
-    Every leaf named ``"step"`` in the ``"dropblock"`` collection is replaced; the rest is
-    returned as it is, in the same kind of mapping. Works under ``jax.jit`` with a traced step.
+    Every leaf named ``"step"`` in the ``"dropblock"`` collection is replaced by ``step``,
+    keeping the leaf's shape and dtype: a layer stacked by ``nn.scan`` or ``nn.vmap`` holds one
+    step per copy, shape ``(length,)``, and each copy gets ``step``. The rest is returned as it
+    is, in the same kind of mapping. Works under ``jax.jit`` with a traced step.
 
     Args:
       variables: the variables of a model, as ``init`` returns them.
@@ -200,11 +232,15 @@ def set_step(variables: Mapping[str, Any], step: jax.typing.ArrayLike) -> Mappin
     Raises:
       ValueError: when ``variables`` has no ``"dropblock"`` collection (no scheduled layer,
         or variables from before ``init``).
+      TypeError: for a ``step`` that is not one integer, naming it.
 
     Examples:
       >>> variables = {"params": {}, "dropblock": {"block1": {"step": jnp.int32(0)}}}
       >>> int(set_step(variables, 7)["dropblock"]["block1"]["step"])
       7
+      >>> stacked = {"dropblock": {"scan": {"step": jnp.zeros(3, jnp.int32)}}}  # nn.scan, length 3
+      >>> set_step(stacked, 7)["dropblock"]["scan"]["step"]
+      Array([7, 7, 7], dtype=int32)
     """
     if COLLECTION not in variables:
         raise ValueError(
@@ -215,7 +251,10 @@ def set_step(variables: Mapping[str, Any], step: jax.typing.ArrayLike) -> Mappin
 
     def replace(path: tuple, leaf: Any) -> Any:
         name = getattr(path[-1], "key", None) if path else None
-        return step if name == "step" else leaf
+        if name != "step":
+            return leaf
+        # A layer stacked by nn.scan or nn.vmap keeps one step per copy: every copy gets ``step``.
+        return jnp.broadcast_to(step, jnp.shape(leaf)).astype(jnp.result_type(leaf))
 
     steps = jax.tree_util.tree_map_with_path(replace, variables[COLLECTION])
     if isinstance(variables, FrozenDict):

@@ -184,12 +184,20 @@ class DropBlock(nnx.Module):
 
         The rate is stored in float32; read back, it is the shortest decimal that rounds to
         that float32, which is the value given for any rate written with up to 7 significant
-        digits (``0.1`` reads back as ``0.1``). Under a trace it is the traced float32.
+        digits (``0.1`` reads back as ``0.1``). Under a trace it is the traced float32. Layers
+        stacked by ``nnx.vmap`` or ``nnx.scan`` hold one rate per copy: read back, that is the
+        float32 array of them (setting ``drop_prob`` sets every copy).
+
+        Examples:
+          >>> from flax import nnx
+          >>> stack = nnx.vmap(lambda rngs: DropBlock(0.1, 3, rngs=rngs))(nnx.Rngs(dropout=0).split(3))
+          >>> stack.drop_prob
+          Array([0.1, 0.1, 0.1], dtype=float32)
         """
         if self.schedule is not None:
             return self.schedule
         value = self.rate[...]
-        if isinstance(value, jax.core.Tracer):
+        if isinstance(value, jax.core.Tracer) or np.ndim(value) != 0:
             return value
         return float(str(np.float32(np.asarray(value))))
 
@@ -200,8 +208,8 @@ class DropBlock(nnx.Module):
             if self.step is None:
                 self.step = ScheduleStep(jnp.zeros((), jnp.int32))
             return
-        functional.concrete_drop_prob(drop_prob)  # validated, traced values included
-        value = jnp.asarray(drop_prob, jnp.float32)
+        concrete = functional.concrete_drop_prob(drop_prob)  # validated, traced values included
+        value = jnp.asarray(drop_prob if concrete is None else concrete, jnp.float32)
         self.schedule = None
         if self.rate is None:
             self.rate = DropRate(value)
@@ -219,14 +227,17 @@ class DropBlock(nnx.Module):
         """Apply DropBlock to ``x`` in training mode, return ``x`` in eval mode.
 
         A training call draws one key from its stream (even at a rate of 0) and, with a
-        schedule and ``auto_step``, advances the step.
+        schedule and ``auto_step``, advances the step. A call given ``drop_prob=`` does not
+        read the schedule, so it leaves the step where it is: the step counts the training
+        calls that used the schedule.
 
         Args:
           x: ``(N, *spatial, C)`` (or ``(N, C, *spatial)`` with ``channel_axis=1``); one example
             ``(*spatial, C)`` given ``spatial_dims``.
           deterministic: overrides the module's ``deterministic`` for this call.
           rngs: an ``nnx.Rngs``, an ``RngStream`` or a key; overrides the module's.
-          drop_prob: overrides the stored rate or schedule for this call (may be traced).
+          drop_prob: overrides the stored rate or schedule for this call (may be traced); the
+            step does not advance.
 
         Returns:
           An array of ``x``'s shape and dtype.
@@ -292,12 +303,23 @@ def set_step(model: nnx.Module, step: jax.typing.ArrayLike | nnx.Variable) -> No
 
     Works under ``nnx.jit`` with a traced step. With layers built with ``auto_step=False``
     this is the only way their step changes: the gradient-accumulation pattern of the module
-    docstring.
+    docstring. Layers stacked by ``nnx.vmap`` or ``nnx.scan`` hold one step per copy; each
+    gets ``step``.
+
+    Pass the count of real optimizer updates. ``optimizer.step`` is that when every train step
+    calls ``optimizer.update`` once with whole gradients. With ``optax.MultiSteps`` (gradient
+    accumulation inside the optimizer), every call of ``optimizer.update`` is a micro-step and
+    advances ``optimizer.step``, which would run the schedule ``every_k_schedule`` times too
+    fast: pass ``optimizer.opt_state.gradient_step``, MultiSteps' count of real updates.
 
     Args:
       model: any NNX graph node (a model, a layer, a list of them).
-      step: an integer (or an integer array, or a Variable such as ``optimizer.step``); Python
-        ints are clipped to the int32 range of the step (schedules are constant past their end).
+      step: one integer (an integer scalar array, or a Variable such as ``optimizer.step``);
+        Python ints are clipped to the int32 range of the step (schedules are constant past
+        their end).
+
+    Raises:
+      TypeError: for a ``step`` that is not one integer (None, a string, a float), naming it.
 
     Examples:
       >>> from flax import nnx

@@ -88,7 +88,8 @@ def step_value(step: object) -> jax.Array:
     no longer changes, so a clipped step reads the same ``drop_prob``.
 
     Raises:
-      TypeError: for anything but one integer, naming ``step`` and its value.
+      TypeError: for anything but one integer (None, a string, a float, a bool, an array
+        of more than one element), naming ``step`` and its value.
 
     Examples:
       >>> import numpy as np
@@ -96,8 +97,10 @@ def step_value(step: object) -> jax.Array:
       (5, 2147483647, dtype('int32'))
     """
     if isinstance(step, numbers.Integral) and not isinstance(step, bool):
-        step = min(max(int(step), 0), _INT32_MAX)
-    step = jnp.asarray(step)
-    if not jnp.issubdtype(step.dtype, jnp.integer) or step.ndim != 0:
+        return jnp.asarray(min(max(int(step), 0), _INT32_MAX), jnp.int32)
+    # Anything without an integer dtype (None, a string, a float, a list) is refused here, not by
+    # jnp.asarray in its own words.
+    dtype = getattr(step, "dtype", None)
+    if dtype is None or not jnp.issubdtype(dtype, jnp.integer) or jnp.ndim(step) != 0:
         raise TypeError(f"step must be one integer, got step={step!r}.")
-    return step.astype(jnp.int32)
+    return jnp.asarray(step).astype(jnp.int32)

@@ -183,3 +183,78 @@ def test_init_in_training_mode_falls_back_to_the_params_rng_as_dropout_does():
     layer, reference = DropBlock(0.1, 3, deterministic=False), nn.Dropout(0.1, deterministic=False)
     reference.init(jax.random.key(0), X)  # linen.Dropout draws from "params" when "dropout" is missing
     assert layer.init(jax.random.key(0), X) == {}
+
+
+class ScannedBlocks(nn.Module):
+    """Three scheduled layers stacked by nn.scan: their steps are one (3,) leaf."""
+
+    @nn.compact
+    def __call__(self, x):
+        class Block(nn.Module):
+            @nn.compact
+            def __call__(self, x, _):
+                return DropBlock(schedules.ramp(0.5, 10), 3, deterministic=False)(x), None
+
+        stacked = nn.scan(Block, variable_axes={"dropblock": 0}, split_rngs={"params": True, "dropout": True}, length=3)
+        return stacked()(x, None)[0]
+
+
+def test_set_step_keeps_the_shape_and_dtype_of_steps_stacked_by_scan():
+    model = ScannedBlocks()
+    variables = model.init(jax.random.key(0), X)
+    (name,) = variables["dropblock"]
+    assert variables["dropblock"][name]["DropBlock_0"]["step"].shape == (3,)
+    variables = set_step(variables, 7)
+    stepped = variables["dropblock"][name]["DropBlock_0"]["step"]
+    assert stepped.shape == (3,) and stepped.dtype == jnp.int32
+    np.testing.assert_array_equal(stepped, [7, 7, 7])
+    out, updates = model.apply(variables, X, rngs={"dropout": jax.random.key(1)}, mutable=["dropblock"])
+    np.testing.assert_array_equal(updates["dropblock"][name]["DropBlock_0"]["step"], [8, 8, 8])
+    # Three layers at ramp(0.5, 10)(7) = 0.35 each keep about 0.65**3 of the units.
+    assert 0.6 < float((out == 0).mean()) < 0.85
+
+
+def test_a_mutable_collection_that_was_not_given_to_apply_is_a_clear_error():
+    layer = DropBlock(schedules.ramp(0.3, 5), 3)
+    variables = layer.init(jax.random.key(0), X, deterministic=True)
+    rngs = {"dropout": jax.random.key(1)}
+    # The step would be created at 0 by every call and the ramp would never leave 0.
+    for manual in (layer, DropBlock(schedules.ramp(0.3, 5), 3, auto_step=False)):
+        with pytest.raises(ValueError, match=r"no 'dropblock' collection.*'dropblock': variables\['dropblock'\]"):
+            manual.apply({"params": {}}, X, deterministic=False, rngs=rngs, mutable=["dropblock"])
+    # Not refused: init itself, a call that reads no stored step, and the variables from init.
+    assert int(layer.init(jax.random.key(0), X, deterministic=False)["dropblock"]["step"]) == 0
+    explicit, _ = layer.apply({}, X, deterministic=False, step=5, rngs=rngs, mutable=["dropblock"])
+    assert float((explicit == 0).mean()) > 0.1
+    rate_given, _ = layer.apply({}, X, deterministic=False, drop_prob=0.3, rngs=rngs, mutable=["dropblock"])
+    assert float((rate_given == 0).mean()) > 0.1
+    _, updates = layer.apply(variables, X, deterministic=False, rngs=rngs, mutable=["dropblock"])
+    assert int(updates["dropblock"]["step"]) == 1
+
+
+def test_a_call_time_rate_leaves_the_step_where_it_is():
+    layer = DropBlock(schedules.ramp(0.3, 5), 3)
+    variables = layer.init(jax.random.key(0), X, deterministic=True)
+    _, updates = layer.apply(
+        variables, X, deterministic=False, drop_prob=0.2, rngs={"dropout": jax.random.key(1)}, mutable=["dropblock"]
+    )
+    assert int(updates["dropblock"]["step"]) == 0
+
+
+@pytest.mark.parametrize("step, shown", [("2", "'2'"), (2.0, "2.0"), (jnp.arange(2), "Array")])
+def test_a_bad_call_time_step_names_step(step, shown):
+    with pytest.raises(TypeError, match=rf"^step must be one integer, got step={shown}"):
+        DropBlock(schedules.ramp(0.3, 5), 3).apply({}, X, deterministic=False, step=step, rng=jax.random.key(0))
+
+
+def test_a_traced_rate_as_the_field_says_to_pass_it_at_call_time():
+    def build_and_apply(rate):
+        return DropBlock(rate, 3).apply({}, X, deterministic=False, rng=jax.random.key(0))
+
+    with pytest.raises(TypeError, match=r"drop_prob must be concrete .*traced drop_prob=.*drop_prob=rate"):
+        jax.jit(build_and_apply)(0.2)
+    call_time = jax.jit(
+        lambda rate: DropBlock(0.0, 3).apply({}, X, deterministic=False, drop_prob=rate, rng=jax.random.key(0))
+    )
+    traced_reference = jax.jit(lambda rate: dj.dropblock(X, jax.random.key(0), rate, 3))
+    np.testing.assert_array_equal(call_time(0.2), traced_reference(0.2))

@@ -327,8 +327,8 @@ def test_auto_step_false_leaves_the_step_to_set_step():
     assert int(manual.step[...]) == 2
     set_step(model, 10**12)  # clipped to int32, not an overflow
     assert int(manual.step[...]) == 2**31 - 1 and float(manual.drop_prob(manual.step[...])) == pytest.approx(0.3)
-    for bad in (1.5, True, jnp.arange(2)):
-        with pytest.raises(TypeError, match=r"step must be one integer"):
+    for bad, shown in ((1.5, "1.5"), (True, "True"), (jnp.arange(2), "Array"), ("3", "'3'"), (None, "None")):
+        with pytest.raises(TypeError, match=rf"^step must be one integer, got step={shown}"):
             set_step(model, bad)
 
 
@@ -364,3 +364,49 @@ def test_remat_gives_the_gradients_without_it_and_the_schedule_advances_once():
     assert not np.array_equal(plain[1], plain[3])  # the masks (and the rate) change from step to step
     for expected, got in zip(plain, rematted, strict=True):
         np.testing.assert_array_equal(got, expected)
+
+
+def test_stacked_layers_read_back_one_rate_per_copy_and_each_gets_the_step():
+    stack = nnx.vmap(lambda rngs: DropBlock(0.1, 3, rngs=rngs))(nnx.Rngs(dropout=0).split(3))
+    rates = stack.drop_prob
+    assert rates.shape == (3,) and rates.dtype == jnp.float32
+    np.testing.assert_array_equal(rates, np.float32(0.1))
+    stack.drop_prob = 0.3
+    np.testing.assert_array_equal(stack.drop_prob, np.float32(0.3))
+    scheduled = nnx.vmap(lambda rngs: DropBlock(schedules.ramp(0.3, 10), 3, rngs=rngs))(nnx.Rngs(dropout=0).split(3))
+    set_step(scheduled, 7)
+    assert scheduled.step[...].shape == (3,) and scheduled.step[...].dtype == jnp.int32
+    np.testing.assert_array_equal(scheduled.step[...], 7)
+
+
+def test_a_rate_given_as_a_fraction_is_its_float():
+    from fractions import Fraction
+
+    layer = DropBlock(Fraction(1, 10), 3, rngs=nnx.Rngs(dropout=0))
+    assert layer.drop_prob == 0.1
+    reference = DropBlock(0.1, 3, rngs=nnx.Rngs(dropout=0))
+    np.testing.assert_array_equal(layer(X), reference(X))
+    np.testing.assert_array_equal(layer(X, drop_prob=Fraction(3, 10)), reference(X, drop_prob=0.3))
+
+
+def test_with_optax_multisteps_the_schedule_follows_the_real_updates():
+    # MultiSteps counts every call of optimizer.update in optimizer.step (micro-steps); its own
+    # gradient_step counts the real updates, the step the docs say to pass to set_step.
+    every = 4
+    model = nnx.Sequential(
+        nnx.Conv(8, 8, (3, 3), rngs=nnx.Rngs(0)), DropBlock(schedules.ramp(0.3, 10), 3, auto_step=False)
+    )
+    optimizer = nnx.Optimizer(model, optax.MultiSteps(optax.sgd(0.1), every_k_schedule=every), wrt=nnx.Param)
+    used = []
+
+    @nnx.jit
+    def train_step(model, optimizer, key):
+        set_step(model, optimizer.opt_state.gradient_step)
+        grads = nnx.grad(lambda m: jnp.sum(m.layers[1](m.layers[0](X), rngs=key) ** 2))(model)
+        optimizer.update(model, grads)
+        return model.layers[1].step[...]
+
+    for key in jax.random.split(jax.random.key(0), 3 * every):
+        used.append(int(train_step(model, optimizer, key)))
+    assert used == [0] * every + [1] * every + [2] * every
+    assert int(optimizer.step[...]) == 3 * every and int(optimizer.opt_state.gradient_step[...]) == 3

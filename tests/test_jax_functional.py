@@ -1,5 +1,8 @@
 """dropblock_jax: properties, exact masks and normalisation, transformations and errors."""
 
+from decimal import Decimal
+from fractions import Fraction
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -384,6 +387,28 @@ KEY = jax.random.key(0)
 def test_bad_arguments_raise_with_the_argument_named(call, error, match):
     with pytest.raises(error, match=match):
         call()
+
+
+@pytest.mark.parametrize("rate", [Fraction(1, 10), Decimal("0.1")])
+def test_a_real_number_of_no_jax_type_is_its_float(rate):
+    x = jnp.ones((2, 16, 16, 4))
+    np.testing.assert_array_equal(dj.dropblock(x, KEY, rate, 3), dj.dropblock(x, KEY, 0.1, 3))
+    np.testing.assert_array_equal(dj.sample_seeds(KEY, x.shape, rate, 3), dj.sample_seeds(KEY, x.shape, 0.1, 3))
+    assert dj.seed_rate((16, 16), rate, 3) == dj.seed_rate((16, 16), 0.1, 3)
+
+
+@pytest.mark.parametrize(
+    "analytic, name",
+    [
+        (lambda p: dj.seed_rate((8, 8), p, 3), "drop_prob"),
+        (lambda p: dj.seed_rate((8, 8), p, 3, calibrate=True), "drop_prob"),
+        (lambda g: dj.expected_drop_fraction((8, 8), 3, g), "gamma"),
+    ],
+)
+def test_a_traced_rate_where_a_concrete_one_is_needed_says_so_and_what_to_do(analytic, name):
+    with pytest.raises(TypeError, match=rf"^{name} must be concrete .*traced {name}=.*pass the traced drop_prob"):
+        jax.jit(analytic)(0.1)
+    assert 0 < analytic(0.1) < 1  # concrete, it works
 
 
 def test_traced_block_size_says_to_make_it_static():

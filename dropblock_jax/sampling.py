@@ -68,12 +68,14 @@ def _sparse(key: jax.Array, gamma: jax.Array, size: int, budget: int, packing: P
         words = words.at[inside // packing.bits].add(bit_values(inside % packing.bits, packing))
         return words, positions[-1], round_key
 
-    # A do-while: the first round always runs, so it runs before the loop. Its outputs depend
-    # on the key and the rate, so they vary across devices exactly as those do (inside
-    # ``jax.shard_map`` with a key per device), and the loop's carry then has the same type
-    # going in and coming out; zeros and -1 as the carry would vary over no device axis.
-    first_round = another_round((jnp.zeros(size // packing.bits + 1, packing.dtype), jnp.int32(-1), key))
-    words, _, _ = lax.while_loop(lambda state: state[1] < size, another_round, first_round)
+    # Inside ``jax.shard_map`` with a key (or a rate) per device the rounds vary across devices,
+    # so the loop's carry must from the start, or its type changes in the loop: the start is
+    # offset by a zero computed from the key's and the rate's bits (which XLA folds away), so
+    # that it varies as they do, whatever the version's API for device-varying types.
+    rate_bits = lax.bitcast_convert_type(jnp.asarray(gamma, jnp.float32), jnp.int32)
+    zero = (jax.random.key_data(key).reshape(-1)[0].astype(jnp.int32) | rate_bits) & 0
+    start = (jnp.zeros(size // packing.bits + 1, packing.dtype) + zero.astype(packing.dtype), jnp.int32(-1) + zero, key)
+    words, _, _ = lax.while_loop(lambda state: state[1] < size, another_round, start)
     return words[:-1]
 
 

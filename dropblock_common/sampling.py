@@ -82,16 +82,18 @@ def budget_too_small(expected_seeds, budget: int, xp):
     return expected_seeds + 8 * xp.sqrt(expected_seeds) + 16 > budget
 
 
-def linear_seed_budget(size, rate_cap: float = TRACED_RATE_CAP):
-    """A budget for a traced rate of at most ``rate_cap`` (a power of two) that is linear in ``size``.
+def linear_seed_budget(size, positions_per_seed: int = round(1 / TRACED_RATE_CAP)):
+    """A budget for a traced rate of at most ``1 / positions_per_seed`` (a power of two) that is linear in ``size``.
 
-    Twice the expected seeds at ``rate_cap`` plus 1024 covers ``seed_budget``'s bound (the
+    Twice the expected seeds at that rate plus 1024 covers ``seed_budget``'s bound (the
     expected seeds plus 10 standard deviations plus 64) for every size, with no square root or
     rounding, so a symbolic ``size`` (``torch.compile`` with a dynamic batch) gives a symbolic
-    budget without guards on its value.
+    budget without guards on its value. The rate is given by an int: under
+    ``torch.compile(dynamic=True)`` a float constant may be traced as a symbol, which ``round``
+    cannot take.
 
     Examples:
-      >>> linear_seed_budget(4_000_000), seed_budget(4_000_000, None), linear_seed_budget(4_000_000, 1 / 256)
+      >>> linear_seed_budget(4_000_000), seed_budget(4_000_000, None), linear_seed_budget(4_000_000, 256)
       (251024, 129024, 32274)
     """
-    return size // round(1 / (2 * rate_cap)) + 1024
+    return size // (positions_per_seed // 2) + 1024

@@ -88,7 +88,7 @@ def _dense_words(gamma, size, packing: Packing, device, generator) -> torch.Tens
 
 # The first traced round is budgeted for the rates DropBlock mostly runs at (gamma is about 1/300
 # at the paper's drop_prob 0.1 and block 7); a second round covers up to TRACED_RATE_CAP.
-FIRST_ROUND_RATE_CAP = 1 / 256
+FIRST_ROUND_POSITIONS_PER_SEED = 256
 
 
 def _traced_round(gamma: torch.Tensor, size, budget, last, device) -> torch.Tensor:
@@ -140,7 +140,7 @@ def _traced_sparse_words(gamma: torch.Tensor, batch, per_example: int, packing: 
         words = words_at(positions, rows.shape[0])
         return torch.cond(positions[-1] < grid_size - 1, dense_tail, as_is, (words, positions[-1].clone(), gamma))
 
-    first_budget = policy.linear_seed_budget(size, FIRST_ROUND_RATE_CAP)
+    first_budget = policy.linear_seed_budget(size, FIRST_ROUND_POSITIONS_PER_SEED)
     positions = _traced_round(gamma, size, first_budget, torch.tensor(-1, device=device), device)
     # The last position as a buffer of its own (a sum over one element): a view would keep all positions alive.
     last, rows = positions[-1:].sum(), torch.empty(batch, 0, dtype=torch.uint8, device=device)

@@ -692,3 +692,13 @@ def test_a_generator_replayed_by_activation_checkpointing_is_refused(call, use_r
         torch.manual_seed(1)
         run(leaf, None).sum().backward()
     assert torch.equal(leaves[0].grad, leaves[1].grad) and (leaves[1].grad == 0).any()
+
+
+def test_compile_with_dynamic_true_draws_sparse_seeds_for_every_batch():
+    # The sampler's second-round budget took a float rate cap, which dynamic=True traced as a
+    # symbol inside torch.cond, and round() of it failed: nothing compiled.
+    compiled = torch.compile(lambda x, p: dt.drop_block(x, p, 3), backend="aot_eager", fullgraph=True, dynamic=True)
+    for batch in (8, 7, 16):  # grids of 18 x 18 x 8 channels per example: sparse from a batch of 7
+        x = torch.rand(batch, 8, 20, 20, generator=torch.Generator().manual_seed(batch)) + 0.5
+        dropped = float((compiled(x, torch.tensor(0.2)) == 0).float().mean())
+        assert 0.1 < dropped < 0.3, (batch, dropped)  # 0.18 expected (valid region, block 3)

@@ -95,10 +95,17 @@ class _FollowReplacedModules:
             )
         for name, (module, hook) in self.hooked.items():
             current = getattr(block, name)
-            if current is not module:
-                if all(other is not hook for other in current._forward_hooks.values()):
-                    current.register_forward_hook(hook)
-                self.hooked[name] = current, hook
+            if current is module:
+                continue
+            # A copy of the old module carries a copy of the hook, with a copy of the layer that
+            # the model does not hold: dropped. Where a fuser moved the hook onto the fused
+            # convolution (the batch norm becoming an Identity), it runs there already.
+            for key, other in list(current._forward_hooks.items()):
+                if isinstance(other, _ThenDropBlock) and other is not hook:
+                    del current._forward_hooks[key]
+            if all(other is not hook for child in block.modules() for other in child._forward_hooks.values()):
+                current.register_forward_hook(hook)
+            self.hooked[name] = current, hook
 
 
 def _insert(block: nn.Module, name: str, make_layer) -> tuple[nn.Module, _ThenDropBlock]:

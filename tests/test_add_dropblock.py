@@ -203,3 +203,17 @@ def test_auto_step_false_leaves_the_steps_to_set_step():
     assert {int(layer.step) for layer in layers} == {4}
     with pytest.raises(TypeError, match=r"auto_step=0"):
         dt.add_dropblock(torchvision_resnet(18), auto_step=0)
+
+
+def test_a_fused_or_copied_batch_norm_runs_its_dropblock_once():
+    # A fuser moves the batch norm's hooks onto the fused convolution (the norm becoming an
+    # Identity), and a deep copy of the norm carries a copy of the hook with a copy of the layer:
+    # each ran the layer a second time (the step advanced twice per forward).
+    from torch.ao.quantization import fuse_modules_qat
+
+    model = dt.add_dropblock(torchvision_resnet(18), total_steps=100, block_size=3).train()
+    fuse_modules_qat(model.layer4[0], [["conv1", "bn1"]], inplace=True)
+    model.layer4[1].bn1 = copy.deepcopy(model.layer4[1].bn1)
+    for _ in range(2):
+        assert set(calls_per_layer(model, x_batch(2, 32)).values()) == {1}
+    assert int(model.layer4[0].dropblock_bn1.step) == 2 and len(model.layer4[1].bn1._forward_hooks) == 1

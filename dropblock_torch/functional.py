@@ -246,7 +246,8 @@ def _differentiated(x: torch.Tensor) -> bool:
     Only where none may are the custom functions' forwards called as they are and ``x``'s bits
     multiplied (``_kept_bits``): neither has a derivative of its own.
     """
-    return _needs_grad(x) or forward_ad.unpack_dual(x).tangent is not None or _transformed()
+    # A transform first: under torch.func.vmap, unpack_dual has no batching rule.
+    return _needs_grad(x) or _transformed() or forward_ad.unpack_dual(x).tangent is not None
 
 
 def _zeroed(x: torch.Tensor, dropped: torch.Tensor, compute: torch.dtype, inplace: bool) -> torch.Tensor:
@@ -555,10 +556,10 @@ def _check_generator(generator: object) -> None:
         raise TypeError(f"generator must be a torch.Generator or None, got {generator=!r}.")
     if generator is not None and not bitmask.tracing() and _recomputing():
         raise RuntimeError(
-            "DropBlock draws from generator=... inside a backward pass: activation checkpointing "
-            "(torch.utils.checkpoint) is running the forward again, and it restores only the global "
-            "random state, so this generator would draw another mask than the forward did (wrong "
-            "gradients). Inside checkpointed functions, draw from the global generator (leave "
+            "DropBlock draws from generator=... inside a backward pass, where activation checkpointing "
+            "(torch.utils.checkpoint) runs the forward again: it restores only the global random state, "
+            "so this generator would draw another mask than the forward did (wrong gradients). Inside "
+            "checkpointed functions (and backward hooks), draw from the global generator (leave "
             "generator=None; torch.manual_seed seeds it), or keep DropBlock outside them."
         )
 

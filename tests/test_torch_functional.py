@@ -392,6 +392,11 @@ def test_forward_mode_tangents_are_the_mask_times_the_scale(drop_prob, block_siz
     run = lambda t: dt.drop_block(t.clone(), drop_prob, block_size, **options, generator=generator(2))  # noqa: E731
     _, pushed = torch.func.jvp(run, (x,), (direction,))
     torch.testing.assert_close(pushed, expected * direction, rtol=1e-6, atol=0)
+    # Per example under vmap too (forward_ad.unpack_dual, asked first before, has no batching rule).
+    one = lambda t, v: torch.func.jvp(lambda y: dt.drop_block(y, drop_prob, block_size, spatial_dims=2), (t,), (v,))  # noqa: E731
+    outs, tangents = torch.func.vmap(one, randomness="different")(x, direction)
+    torch.testing.assert_close(tangents, torch.where(outs == 0, 0.0, outs / x * direction), rtol=1e-6, atol=0)
+    assert (outs == 0).any()
 
 
 @pytest.mark.parametrize("share_channels", [False, True])

@@ -64,7 +64,9 @@ def _missing_step_message(name: str | None) -> str:
         "every time, keeping the rate at the schedule's start. Pass the whole variables that init returned, "
         f"e.g. apply({{'params': params, {COLLECTION!r}: variables[{COLLECTION!r}]}}, x, rngs=..., "
         f"mutable=[{COLLECTION!r}]), and keep the {COLLECTION!r} updates it returns for the next call; "
-        "or pass step=... (e.g. the optimizer's step) to the call."
+        "or pass step=... (e.g. the optimizer's step) to the call. If init never reaches this layer (it "
+        "sits in a branch that init does not take, such as `if train:`), run init through that branch "
+        "(e.g. with train=True), so that it creates the step."
     )
 
 

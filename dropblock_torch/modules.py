@@ -93,6 +93,11 @@ class _DropBlockNd(nn.Module):
         # .to(dtype), .half(), .to_empty() (deferred init on the meta device): the rate stays the
         # float32 of the value given instead of being rounded or left uninitialised.
         from_meta = self.schedule is not None and self.step.is_meta
+        if self.rate.is_meta:
+            # Not in state_dict, so load_state_dict(assign=True) leaves it on the meta device, from
+            # which .to(device) cannot copy: rebuilt from the float it holds, wherever the move goes.
+            with torch.inference_mode(False):
+                self.rate = torch.tensor(self._drop_prob or 0.0)
         module = super()._apply(fn, *args, **kwargs)
         self._refill_rate()
         if from_meta and not self.step.is_meta:

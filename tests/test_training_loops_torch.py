@@ -170,6 +170,26 @@ def test_deferred_init_on_the_meta_device_then_a_strict_load():
     assert 0.03 < float((model[1](after_conv) == 0).float().mean()) < 0.2
 
 
+@pytest.mark.parametrize("rate", [0.2, schedules.ramp(0.2, 1)])
+def test_a_meta_model_loaded_with_assign_moves_and_drops(rate):
+    # load_state_dict(assign=True) leaves the rate buffer (not in state_dict) on the meta device,
+    # from which .to("cpu") could not copy, where BatchNorm goes through the same steps.
+    def build():
+        return nn.Sequential(nn.Conv2d(3, 4, 3), dt.DropBlock2d(rate, 3))
+
+    trained = build()
+    with torch.device("meta"):
+        model = build()
+    model.load_state_dict(trained.state_dict(), assign=True)
+    model.to("cpu")
+    assert all(not t.is_meta for t in model.buffers())
+    if callable(rate):
+        dt.set_step(model, 1)
+    assert model[1].drop_prob == pytest.approx(0.2)
+    after_conv = model[0](torch.ones(8, 3, 20, 20))
+    assert 0.1 < float((model[1](after_conv) == 0).float().mean()) < 0.3
+
+
 def test_to_empty_starts_a_schedule_at_step_0(monkeypatch):
     # to_empty() leaves memory as it finds it: the step read whatever was there (a step of
     # 94270688236704 reads as the end of the ramp). Here that memory is made to hold 77.

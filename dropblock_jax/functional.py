@@ -184,63 +184,18 @@ _TRACED_RATE_INSTEAD = (
 )
 
 
-def seed_rate(
-    spatial_shape: Sequence[int],
-    drop_prob: float,
-    block_size: BlockSize,
-    *,
-    seed_region: str = "valid",
-    calibrate: bool = False,
-) -> float:
-    """The Bernoulli rate gamma of DropBlock's seeds: ``dropblock_common.rates.seed_rate``.
-
-    Args:
-      spatial_shape: the feature map's spatial shape, e.g. ``(H, W)``.
-      drop_prob: the target fraction of dropped units, in [0, 1]; concrete (known before tracing).
-      block_size: an int or one int per spatial dimension; clipped to the map's size.
-      seed_region: ``"valid"`` or ``"full"``.
-      calibrate: if True, gamma makes the expected dropped fraction exactly ``drop_prob``.
-
-    Returns:
-      gamma in [0, 1], a Python float.
-
-    Raises:
-      TypeError: for a traced ``drop_prob`` (``dropblock`` takes one instead), or one that is not a
-        real number, naming it.
-      ValueError: for a bad argument, naming it.
-
-    Examples:
-      >>> round(seed_rate((28, 28), 0.1, 7), 6)
-      0.003306
-    """
+@functools.wraps(rates.seed_rate)
+def seed_rate(spatial_shape, drop_prob, *args, **kwargs) -> float:
+    # ``dropblock_common.rates.seed_rate``, refusing a traced rate with what to do instead.
     check_concrete(drop_prob, "drop_prob", _TRACED_RATE_INSTEAD)
-    return rates.seed_rate(spatial_shape, drop_prob, block_size, seed_region=seed_region, calibrate=calibrate)
+    return rates.seed_rate(spatial_shape, drop_prob, *args, **kwargs)
 
 
-def expected_drop_fraction(
-    spatial_shape: Sequence[int], block_size: BlockSize, gamma: float, *, seed_region: str = "valid"
-) -> float:
-    """The expected fraction of units DropBlock drops at seed rate ``gamma``: ``dropblock_common.rates``'.
-
-    Args:
-      spatial_shape: the feature map's spatial shape.
-      block_size: an int or one int per spatial dimension; clipped to the map's size.
-      gamma: the seed rate, in [0, 1]; concrete (known before tracing).
-      seed_region: ``"valid"`` or ``"full"``.
-
-    Returns:
-      The expected dropped fraction, in [0, 1], a Python float.
-
-    Raises:
-      TypeError: for a traced ``gamma``, or one that is not a real number, naming it.
-      ValueError: for a bad argument, naming it.
-
-    Examples:
-      >>> round(expected_drop_fraction((28, 28), 7, seed_rate((28, 28), 0.1, 7)), 4)
-      0.0939
-    """
+@functools.wraps(rates.expected_drop_fraction)
+def expected_drop_fraction(spatial_shape, block_size, gamma, *args, **kwargs) -> float:
+    # ``dropblock_common.rates.expected_drop_fraction``, refusing a traced rate likewise.
     check_concrete(gamma, "gamma", _TRACED_RATE_INSTEAD)
-    return rates.expected_drop_fraction(spatial_shape, block_size, gamma, seed_region=seed_region)
+    return rates.expected_drop_fraction(spatial_shape, block_size, gamma, *args, **kwargs)
 
 
 def _jnp_asarray(values: np.ndarray, like: jax.Array) -> jax.Array:

@@ -185,7 +185,8 @@ def test_torch_fx_records_the_layer_as_one_call_that_follows_its_mode(schedule):
     x = torch.randn(2, 3, 12, 12)
     for mode in (True, False):
         model.train(mode)
-        model[1].step.fill_(1) if schedule else None
+        if schedule:
+            model[1].step.fill_(1)
         torch.manual_seed(0)
         expected = model(x)
         traced.train(mode)
